@@ -1,0 +1,305 @@
+//! Transports over the domain. [`Api`] is the AuthService surface in proto
+//! terms: it converts proto messages to domain calls and back, once. The gRPC
+//! adapter (`grpc`) and the JSON gateway (`rest`) are thin layers over it that
+//! only differ in framing and in how they spell an [`crate::error::ErrorCode`]
+//! (each maps it exhaustively). No business rule lives here.
+
+pub mod admin;
+pub mod grpc;
+pub mod openapi;
+pub mod rest;
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
+
+use crate::{
+    auth::{self, AuthService, apikeys::Scope, keys::Jwks, tenants::Tenant},
+    clock::UnixMillis,
+    error::AuthError,
+    proto,
+};
+
+/// The AuthService operations on proto messages, for an authenticated
+/// caller's tenant (see [`Api::caller`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    auth: AuthService,
+    /// The GetJwks response, rebuilt only when the key set changes.
+    jwks: Arc<Mutex<(u64, Arc<proto::GetJwksResponse>)>>,
+}
+
+impl Api {
+    pub fn new(auth: AuthService) -> Self {
+        Self {
+            auth,
+            jwks: Arc::new(Mutex::new((0, Arc::new(proto::GetJwksResponse::default())))),
+        }
+    }
+
+    pub async fn start_auth(
+        &self,
+        tenant: &Tenant,
+        req: proto::StartAuthRequest,
+    ) -> Result<proto::StartAuthResponse, AuthError> {
+        let method = match proto::Method::try_from(req.method) {
+            Ok(proto::Method::Unspecified) => None,
+            Ok(proto::Method::Code) => Some(auth::Method::Code),
+            Ok(proto::Method::Link) => Some(auth::Method::Link),
+            Ok(proto::Method::CodeAndLink) => Some(auth::Method::CodeAndLink),
+            Err(_) => return Err(AuthError::invalid("method", "unknown method")),
+        };
+        let client = req.client.unwrap_or_default();
+        let started = self
+            .auth
+            .start_auth(
+                tenant,
+                auth::StartAuth {
+                    email: req.email,
+                    method,
+                    validation_url: req.validation_url,
+                    client: auth::ClientInfo {
+                        ip: client.ip,
+                        user_agent: client.user_agent,
+                    },
+                    locale: req.locale,
+                    idempotency_key: req.idempotency_key,
+                },
+            )
+            .await?;
+        Ok(proto::StartAuthResponse {
+            session_id: started.session_id,
+            expires_at: Some(timestamp(started.expires_at)),
+            code_length: u32::from(started.code_length),
+        })
+    }
+
+    pub async fn verify(
+        &self,
+        tenant: &Tenant,
+        req: proto::VerifyRequest,
+    ) -> Result<proto::VerifyResponse, AuthError> {
+        let verified = self
+            .auth
+            .verify(
+                tenant,
+                auth::VerifyProof {
+                    session_id: req.session_id,
+                    code: req.code,
+                    link_token: req.link_token,
+                },
+            )
+            .await?;
+        Ok(proto::VerifyResponse {
+            token: verified.tokens.access_token,
+            token_type: "Bearer".to_owned(),
+            expires_in: verified.tokens.expires_in,
+            refresh_token: verified.tokens.refresh_token.into_string(),
+            user: Some(proto::User {
+                id: verified.user.id,
+                email: verified.user.email,
+                created_at: Some(timestamp(verified.user.created_at)),
+            }),
+            session_id: verified.session_id,
+            new_user: verified.new_user,
+        })
+    }
+
+    pub async fn refresh(
+        &self,
+        tenant: &Tenant,
+        req: proto::RefreshRequest,
+    ) -> Result<proto::RefreshResponse, AuthError> {
+        let tokens = self.auth.refresh(tenant, &req.refresh_token).await?;
+        Ok(proto::RefreshResponse {
+            token: tokens.access_token,
+            token_type: "Bearer".to_owned(),
+            expires_in: tokens.expires_in,
+            refresh_token: tokens.refresh_token.into_string(),
+        })
+    }
+
+    pub async fn revoke(
+        &self,
+        tenant: &Tenant,
+        req: proto::RevokeRequest,
+    ) -> Result<proto::RevokeResponse, AuthError> {
+        self.auth
+            .revoke(tenant, &req.refresh_token, &req.session_id)
+            .await?;
+        Ok(proto::RevokeResponse {})
+    }
+
+    pub async fn resend_code(
+        &self,
+        tenant: &Tenant,
+        req: proto::ResendCodeRequest,
+    ) -> Result<proto::StartAuthResponse, AuthError> {
+        let started = self.auth.resend_code(tenant, &req.session_id).await?;
+        Ok(proto::StartAuthResponse {
+            session_id: started.session_id,
+            expires_at: Some(timestamp(started.expires_at)),
+            code_length: u32::from(started.code_length),
+        })
+    }
+
+    pub async fn list_sessions(
+        &self,
+        tenant: &Tenant,
+        req: proto::ListSessionsRequest,
+    ) -> Result<proto::ListSessionsResponse, AuthError> {
+        use auth::sessions::SessionState;
+        let sessions = self.auth.list_sessions(tenant, &req.user_id).await?;
+        Ok(proto::ListSessionsResponse {
+            sessions: sessions
+                .into_iter()
+                .map(|s| proto::Session {
+                    id: s.id,
+                    state: match s.state {
+                        SessionState::Pending => proto::SessionState::Unspecified,
+                        SessionState::Active => proto::SessionState::Active,
+                        SessionState::Ended => proto::SessionState::Ended,
+                        SessionState::Expired => proto::SessionState::Expired,
+                    }
+                    .into(),
+                    end_reason: s.end_reason,
+                    created_at: Some(timestamp(s.created_at)),
+                    verified_at: s.verified_at.map(timestamp),
+                    last_refreshed_at: s.last_refreshed_at.map(timestamp),
+                    expires_at: s.expires_at.map(timestamp),
+                    ended_at: s.ended_at.map(timestamp),
+                    client: Some(proto::ClientInfo {
+                        ip: s.client_ip,
+                        user_agent: s.user_agent,
+                    }),
+                })
+                .collect(),
+        })
+    }
+
+    pub async fn revoke_session(
+        &self,
+        tenant: &Tenant,
+        req: proto::RevokeSessionRequest,
+    ) -> Result<proto::RevokeSessionResponse, AuthError> {
+        self.auth.revoke_session(tenant, &req.session_id).await?;
+        Ok(proto::RevokeSessionResponse {})
+    }
+
+    pub async fn revoke_all_sessions(
+        &self,
+        tenant: &Tenant,
+        req: proto::RevokeAllSessionsRequest,
+    ) -> Result<proto::RevokeAllSessionsResponse, AuthError> {
+        let revoked = self
+            .auth
+            .revoke_all_sessions(tenant, &req.user_id, &req.except_session_id)
+            .await?;
+        Ok(proto::RevokeAllSessionsResponse {
+            revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
+        })
+    }
+
+    pub async fn introspect_token(
+        &self,
+        tenant: &Tenant,
+        req: proto::IntrospectTokenRequest,
+    ) -> Result<proto::IntrospectTokenResponse, AuthError> {
+        let found = self.auth.introspect(tenant, &req.token).await?;
+        let seconds = |s: i64| pbjson_types::Timestamp {
+            seconds: s,
+            nanos: 0,
+        };
+        Ok(proto::IntrospectTokenResponse {
+            active: found.active,
+            session_ended: found.session_ended,
+            claims: found.claims.map(|c| proto::TokenClaims {
+                iss: c.iss,
+                aud: c.aud,
+                sub: c.sub,
+                email: c.email,
+                sid: c.sid,
+                tid: c.tid,
+                iat: Some(seconds(c.iat)),
+                nbf: Some(seconds(c.nbf)),
+                exp: Some(seconds(c.exp)),
+                jti: c.jti,
+            }),
+        })
+    }
+
+    /// The caller's tenant, from the `authorization` header value (gRPC
+    /// metadata or HTTP header): both transports check keys here, before
+    /// reading the request, with the same rule.
+    pub fn caller(
+        &self,
+        authorization: Option<&str>,
+        scope: Scope,
+    ) -> Result<Arc<Tenant>, AuthError> {
+        self.auth.authenticate(authorization, scope)
+    }
+
+    /// The GetJwks response (built once per key change).
+    pub fn get_jwks(&self) -> Arc<proto::GetJwksResponse> {
+        let jwks = self.auth.jwks();
+        let mut cached = self.jwks.lock().expect("jwks cache lock");
+        if cached.0 != jwks.version {
+            let keys = jwks
+                .keys
+                .iter()
+                .map(|k| proto::Jwk {
+                    kty: k.kty.clone(),
+                    crv: k.crv.clone(),
+                    x: k.x.clone(),
+                    y: k.y.clone(),
+                    n: k.n.clone(),
+                    e: k.e.clone(),
+                    kid: k.kid.clone(),
+                    alg: k.alg.clone(),
+                    r#use: k.use_.clone(),
+                })
+                .collect();
+            *cached = (jwks.version, Arc::new(proto::GetJwksResponse { keys }));
+        }
+        cached.1.clone()
+    }
+
+    /// The key set in its RFC 7517 JSON form, serialised once per change.
+    pub fn jwks_document(&self) -> Arc<Jwks> {
+        self.auth.jwks()
+    }
+}
+
+/// Whether the service should receive traffic: the database is reachable and
+/// migrated, and shutdown has not begun. Read by both health surfaces.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+fn timestamp(ms: UnixMillis) -> pbjson_types::Timestamp {
+    pbjson_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_split_milliseconds_into_seconds_and_nanos() {
+        let ts = timestamp(1_700_000_000_123);
+        assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_000_000));
+    }
+}

@@ -1,0 +1,847 @@
+//! Configuration: every setting is a flag and a `LATCHKEY_*` environment
+//! variable, with defaults that make `cargo run` work with nothing installed
+//! (SQLite under `./latchkey-data`, the dev mailbox, gRPC on 127.0.0.1:50051).
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A secret setting: its `Debug` output is redacted so it never reaches logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value; use only where it is needed.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Passwordless email authentication for backends"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API (the default when no command is given).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the OpenAPI document of the JSON gateway.
+    Openapi,
+    /// Manage tenants (apps with their own users, keys and settings).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage API keys.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
+    /// Preview the emails with the configured templates (checks overrides).
+    Email {
+        #[command(subcommand)]
+        command: EmailCommand,
+    },
+    /// Inspect the email outbox and requeue dead messages.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// Manage the token signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Add a new signing key: published in the JWKS at once, signing after
+    /// the activation delay; the previous key stays published until every
+    /// token it signed has expired.
+    Rotate {
+        /// How long the new key is published before it starts signing. Keep it
+        /// longer than any verifier's JWKS cache lifetime.
+        #[arg(long, env = "LATCHKEY_KEY_ACTIVATION_DELAY", default_value = "1h", value_parser = duration_or_zero)]
+        activate_in: Duration,
+        /// Algorithm of the new key (default: `--signing-alg`).
+        #[arg(long)]
+        alg: Option<SigningAlg>,
+    },
+    /// List the signing keys and their state.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        /// 1 to 63 of a-z, 0-9 and - (the `tid` of its tokens); default: a UUID.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        settings: Box<TenantSettingsArgs>,
+    },
+    /// List the tenants.
+    List,
+    /// Show a tenant and its settings.
+    Show { id: String },
+    /// Rename a tenant or change its settings.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        settings: Box<TenantSettingsArgs>,
+        /// Reset a setting to the server default (repeatable), e.g. `code_length`.
+        #[arg(long = "clear")]
+        clear: Vec<String>,
+    },
+}
+
+/// A tenant's overrides of the server defaults (absent: inherit).
+#[derive(Debug, Args, Default)]
+pub struct TenantSettingsArgs {
+    #[arg(long)]
+    pub issuer: Option<String>,
+    #[arg(long)]
+    pub audience: Option<String>,
+    #[arg(long, value_parser = duration)]
+    pub access_token_ttl: Option<Duration>,
+    #[arg(long, value_parser = duration)]
+    pub session_ttl: Option<Duration>,
+    #[arg(long)]
+    pub code_length: Option<u8>,
+    #[arg(long, value_parser = duration)]
+    pub code_ttl: Option<Duration>,
+    #[arg(long)]
+    pub code_max_attempts: Option<u32>,
+    #[arg(long)]
+    pub mail_from: Option<String>,
+    #[arg(long)]
+    pub app_name: Option<String>,
+    /// Where magic links may point (repeatable; replaces the list).
+    #[arg(long = "allowed-validation-url")]
+    pub allowed_validation_urls: Vec<String>,
+    #[arg(long)]
+    pub default_locale: Option<String>,
+    #[arg(long)]
+    pub signup_policy: Option<SignupPolicyArg>,
+    /// With login-only: email a "no account" notice to unknown addresses.
+    #[arg(long)]
+    pub notify_unknown_address: Option<bool>,
+    /// The validation URL for a StartAuth that names none.
+    #[arg(long)]
+    pub default_validation_url: Option<String>,
+    /// Sign-in emails per address per rate-limit window (0: none).
+    #[arg(long)]
+    pub rate_limit_email: Option<u32>,
+    /// StartAuth calls per client IP per window (0: none).
+    #[arg(long)]
+    pub rate_limit_ip: Option<u32>,
+    /// Sign-in emails for the whole tenant per minute (0: none).
+    #[arg(long)]
+    pub rate_limit_tenant: Option<u32>,
+    /// Wrong codes per address per hour before backoff (0: none).
+    #[arg(long)]
+    pub verify_failure_budget: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SignupPolicyArg {
+    LoginOrCreate,
+    LoginOnly,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Create an API key; it is printed once.
+    Create {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// `app` (the AuthService of its tenant) or `admin` (the AdminService).
+        #[arg(long, default_value = "app")]
+        scope: String,
+        /// The key stops working after this long (e.g. `90days`).
+        #[arg(long, value_parser = duration)]
+        expires_in: Option<Duration>,
+    },
+    /// List API keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke an API key by its prefix.
+    Revoke { prefix: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmailCommand {
+    /// Render one email with sample values to stdout.
+    Preview {
+        #[arg(long, value_enum, default_value = "code")]
+        purpose: EmailPurpose,
+        #[arg(long, default_value = "en")]
+        locale: String,
+        #[arg(long, value_enum, default_value = "html")]
+        part: EmailPart,
+        /// Use this tenant's template overrides.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EmailPurpose {
+    Code,
+    Link,
+    CodeAndLink,
+    NoAccount,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EmailPart {
+    Subject,
+    Text,
+    Html,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List messages (recipients masked).
+    List {
+        /// `queued`, `dead` or `sent`.
+        #[arg(long, default_value = "queued")]
+        state: String,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Queue dead messages again: one by id, or all with `--all`.
+    Requeue {
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+}
+
+/// JWT signature algorithms for access tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SigningAlg {
+    /// Ed25519 (fast, small; the default).
+    #[value(name = "EdDSA", alias = "eddsa")]
+    EdDSA,
+    /// ECDSA with P-256 and SHA-256.
+    #[value(name = "ES256", alias = "es256")]
+    ES256,
+    /// RSASSA-PKCS1-v1_5 with a 2048-bit key and SHA-256 (for verifiers that
+    /// know nothing else).
+    #[value(name = "RS256", alias = "rs256")]
+    RS256,
+}
+
+impl SigningAlg {
+    /// The JOSE `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::EdDSA, Self::ES256, Self::RS256]
+            .into_iter()
+            .find(|alg| alg.as_str() == name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting of the service.
+#[derive(Clone, Debug, Args)]
+pub struct Settings {
+    /// Directory for the SQLite database, the dev mailbox and a generated
+    /// key-encryption key.
+    #[arg(
+        long,
+        env = "LATCHKEY_DATA_DIR",
+        default_value = "latchkey-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+
+    /// Database URL: `postgres://…` or `sqlite://…`. Default: SQLite at
+    /// `<data-dir>/latchkey.db`.
+    #[arg(long, env = "LATCHKEY_DATABASE_URL", global = true)]
+    pub database_url: Option<Secret>,
+
+    /// Maximum database connections per process.
+    #[arg(long, env = "LATCHKEY_DATABASE_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub database_max_connections: u32,
+
+    /// How long a call waits for a free database connection before failing
+    /// with UNAVAILABLE.
+    #[arg(long, env = "LATCHKEY_DATABASE_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = duration, global = true)]
+    pub database_acquire_timeout: Duration,
+
+    /// Address of the gRPC listener.
+    #[arg(
+        long,
+        env = "LATCHKEY_GRPC_ADDR",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP listener: the JSON gateway, JWKS, health and
+    /// OpenAPI document.
+    #[arg(
+        long,
+        env = "LATCHKEY_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub http_addr: SocketAddr,
+
+    /// Origins allowed to call from a browser (CORS), comma-separated, for
+    /// grpc-web and the JSON gateway; `*` for any. Empty (the default): no
+    /// CORS headers at all.
+    #[arg(
+        long,
+        env = "LATCHKEY_CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// How long verifiers may cache `/.well-known/jwks.json` (Cache-Control
+    /// max-age). Keep it shorter than the key activation delay.
+    #[arg(long, env = "LATCHKEY_JWKS_MAX_AGE", default_value = "5m", value_parser = duration, global = true)]
+    pub jwks_max_age: Duration,
+
+    /// SMTP relay URL, e.g. `smtp://user:pass@relay:587?tls=required` (STARTTLS),
+    /// `smtps://user:pass@relay:465` (implicit TLS) or `smtp://localhost:25`
+    /// (plain). When unset, mail goes to the dev mailbox.
+    #[arg(long, env = "LATCHKEY_SMTP_URL", global = true)]
+    pub smtp_url: Option<Secret>,
+
+    /// Timeout of connecting to the SMTP server and of each SMTP command.
+    #[arg(long, env = "LATCHKEY_SMTP_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    pub smtp_timeout: Duration,
+
+    /// Longest one message may take to send, connection included.
+    #[arg(long, env = "LATCHKEY_SMTP_SEND_TIMEOUT", default_value = "30s", value_parser = duration, global = true)]
+    pub smtp_send_timeout: Duration,
+
+    /// The sender of sign-in emails.
+    #[arg(
+        long,
+        env = "LATCHKEY_MAIL_FROM",
+        default_value = "latchkey <no-reply@latchkey.localhost>",
+        global = true
+    )]
+    pub mail_from: String,
+
+    /// The application name shown in emails.
+    #[arg(
+        long,
+        env = "LATCHKEY_APP_NAME",
+        default_value = "latchkey",
+        global = true
+    )]
+    pub app_name: String,
+
+    /// How often the outbox is polled when nothing wakes the worker.
+    #[arg(long, env = "LATCHKEY_OUTBOX_POLL_INTERVAL", default_value = "2s", value_parser = duration, global = true)]
+    pub outbox_poll_interval: Duration,
+
+    /// First retry delay after a failed send; doubles per attempt.
+    #[arg(long, env = "LATCHKEY_OUTBOX_RETRY_BASE", default_value = "2s", value_parser = duration, global = true)]
+    pub outbox_retry_base: Duration,
+
+    /// Longest delay between two delivery attempts.
+    #[arg(long, env = "LATCHKEY_OUTBOX_RETRY_MAX", default_value = "5m", value_parser = duration, global = true)]
+    pub outbox_retry_max: Duration,
+
+    /// Delivery attempts before a message is given up (marked dead).
+    #[arg(long, env = "LATCHKEY_OUTBOX_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
+    pub outbox_max_attempts: u32,
+
+    /// Where magic links may point, comma-separated: scheme, host and port
+    /// must match exactly and the path must start with the entry's path.
+    /// https only, except for localhost. A tenant's own list replaces this.
+    #[arg(
+        long,
+        env = "LATCHKEY_ALLOWED_VALIDATION_URLS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allowed_validation_urls: Vec<String>,
+
+    /// The validation URL used when a StartAuth names none (must be allowed).
+    #[arg(long, env = "LATCHKEY_DEFAULT_VALIDATION_URL", global = true)]
+    pub default_validation_url: Option<String>,
+
+    /// A directory of email templates overriding the built-in ones (same
+    /// layout as `templates/`: `layout.html`, `<locale>/<name>`, and
+    /// `tenants/<tenant id>/<locale>/<name>`). Checked at start-up.
+    #[arg(long, env = "LATCHKEY_TEMPLATE_DIR", global = true)]
+    pub template_dir: Option<PathBuf>,
+
+    /// Language of emails when neither the request nor the tenant names one.
+    #[arg(
+        long,
+        env = "LATCHKEY_DEFAULT_LOCALE",
+        default_value = "en",
+        global = true
+    )]
+    pub default_locale: String,
+
+    /// The `iss` claim of access tokens.
+    #[arg(
+        long,
+        env = "LATCHKEY_ISSUER",
+        default_value = "latchkey",
+        global = true
+    )]
+    pub issuer: String,
+
+    /// The `aud` claim of access tokens.
+    #[arg(
+        long,
+        env = "LATCHKEY_AUDIENCE",
+        default_value = "latchkey",
+        global = true
+    )]
+    pub audience: String,
+
+    /// Algorithm of newly generated signing keys.
+    #[arg(
+        long,
+        env = "LATCHKEY_SIGNING_ALG",
+        default_value = "EdDSA",
+        global = true
+    )]
+    pub signing_alg: SigningAlg,
+
+    /// Lifetime of access tokens.
+    #[arg(long, env = "LATCHKEY_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = duration, global = true)]
+    pub access_token_ttl: Duration,
+
+    /// Absolute lifetime of a login session (refreshing does not extend it).
+    #[arg(long, env = "LATCHKEY_SESSION_TTL", default_value = "30days", value_parser = duration, global = true)]
+    pub session_ttl: Duration,
+
+    /// How long after a refresh token's first use a retry with it still gets
+    /// the same successor instead of ending the session.
+    #[arg(long, env = "LATCHKEY_REFRESH_REUSE_GRACE", default_value = "10s", value_parser = duration_or_zero, global = true)]
+    pub refresh_reuse_grace: Duration,
+
+    /// Number of digits in sign-in codes (6–10).
+    #[arg(long, env = "LATCHKEY_CODE_LENGTH", default_value_t = 6,
+          value_parser = clap::value_parser!(u8).range(6..=10), global = true)]
+    pub code_length: u8,
+
+    /// How long a sign-in code or link works, counted from when the mail
+    /// server accepted the email.
+    #[arg(long, env = "LATCHKEY_CODE_TTL", default_value = "10m", value_parser = duration, global = true)]
+    pub code_ttl: Duration,
+
+    /// However late the email goes out, a code or link never works longer
+    /// than this after StartAuth.
+    #[arg(long, env = "LATCHKEY_CODE_MAX_AGE", default_value = "30m", value_parser = duration, global = true)]
+    pub code_max_age: Duration,
+
+    /// Verification attempts per login session, the successful one included;
+    /// after that many wrong codes the session ends.
+    #[arg(long, env = "LATCHKEY_CODE_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=20), global = true)]
+    pub code_max_attempts: u32,
+
+    /// Length of the rate-limit windows (sends per address, starts per IP).
+    #[arg(long, env = "LATCHKEY_RATE_LIMIT_WINDOW", default_value = "15m", value_parser = duration, global = true)]
+    pub rate_limit_window: Duration,
+
+    /// Sign-in emails per address per window (StartAuth and ResendCode);
+    /// 0: no limit.
+    #[arg(
+        long,
+        env = "LATCHKEY_RATE_LIMIT_EMAIL",
+        default_value_t = 5,
+        global = true
+    )]
+    pub rate_limit_email: u32,
+
+    /// StartAuth calls per client IP (`client.ip`) per window; 0: no limit.
+    #[arg(
+        long,
+        env = "LATCHKEY_RATE_LIMIT_IP",
+        default_value_t = 30,
+        global = true
+    )]
+    pub rate_limit_ip: u32,
+
+    /// Sign-in emails per tenant per minute, all addresses together; 0: no
+    /// limit.
+    #[arg(
+        long,
+        env = "LATCHKEY_RATE_LIMIT_TENANT",
+        default_value_t = 1200,
+        global = true
+    )]
+    pub rate_limit_tenant: u32,
+
+    /// Wrong codes per address per hour, across all its logins, before
+    /// further attempts back off exponentially; 0: no budget.
+    #[arg(
+        long,
+        env = "LATCHKEY_VERIFY_FAILURE_BUDGET",
+        default_value_t = 10,
+        global = true
+    )]
+    pub verify_failure_budget: u32,
+
+    /// The longest wait the failure backoff imposes between attempts.
+    #[arg(long, env = "LATCHKEY_VERIFY_BACKOFF_MAX", default_value = "15m", value_parser = duration, global = true)]
+    pub verify_backoff_max: Duration,
+
+    /// Key-encryption key: 32 bytes, base64. Encrypts signing keys and queued
+    /// mail at rest and keys the code hashes; every replica needs the same
+    /// one. When unset, one is generated into `<data-dir>/kek` (development).
+    #[arg(long, env = "LATCHKEY_KEY_ENCRYPTION_KEY", global = true)]
+    pub key_encryption_key: Option<Secret>,
+
+    /// How often each process reloads the signing keys from the database
+    /// (picks up `latchkey keys rotate` run elsewhere).
+    #[arg(long, env = "LATCHKEY_KEY_RELOAD_INTERVAL", default_value = "10s", value_parser = duration, global = true)]
+    pub key_reload_interval: Duration,
+
+    /// How often readiness re-checks that the database answers and is migrated.
+    #[arg(long, env = "LATCHKEY_READINESS_INTERVAL", default_value = "5s", value_parser = duration, global = true)]
+    pub readiness_interval: Duration,
+
+    /// How long in-flight calls may take to finish after SIGTERM.
+    #[arg(long, env = "LATCHKEY_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration, global = true)]
+    pub shutdown_grace: Duration,
+
+    /// After SIGTERM, how long to keep accepting new calls while reporting
+    /// NOT_SERVING, so load balancers (Kubernetes endpoints) stop sending
+    /// calls here before the listeners close. Then the grace begins.
+    #[arg(long, env = "LATCHKEY_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration_or_zero, global = true)]
+    pub shutdown_delay: Duration,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `latchkey=debug`.
+    #[arg(long, env = "LATCHKEY_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "LATCHKEY_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// The defaults, as `cargo run` with no flags and no environment sees them
+    /// (environment variables are ignored here).
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        // Parse from an empty command line without reading LATCHKEY_* variables.
+        let cmd = <Only as clap::CommandFactory>::command();
+        let cmd = cmd.mut_args(|arg| arg.env(None::<&str>));
+        let matches = cmd.get_matches_from(["latchkey"]);
+        <Only as clap::FromArgMatches>::from_arg_matches(&matches)
+            .expect("defaults parse")
+            .settings
+    }
+
+    /// The database URL, defaulting to SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("latchkey.db").display()
+            ),
+        }
+    }
+
+    /// Checks the relations between settings that flags alone cannot express.
+    /// The error names the setting at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |setting: &'static str, reason: String| Err(ConfigError { setting, reason });
+        if self.issuer.trim().is_empty() {
+            return fail("LATCHKEY_ISSUER (--issuer)", "must not be empty".into());
+        }
+        if self.audience.trim().is_empty() {
+            return fail("LATCHKEY_AUDIENCE (--audience)", "must not be empty".into());
+        }
+        if self.access_token_ttl > self.session_ttl {
+            return fail(
+                "LATCHKEY_ACCESS_TOKEN_TTL (--access-token-ttl)",
+                "must not be longer than LATCHKEY_SESSION_TTL".into(),
+            );
+        }
+        if self.access_token_ttl > Duration::from_secs(24 * 3600) {
+            return fail(
+                "LATCHKEY_ACCESS_TOKEN_TTL (--access-token-ttl)",
+                "must be at most 24h: access tokens cannot be revoked before they expire".into(),
+            );
+        }
+        for origin in &self.cors_allowed_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.trim_end_matches('/').contains(char::is_whitespace)
+                    && http::HeaderValue::from_str(origin).is_ok());
+            if !ok {
+                return fail(
+                    "LATCHKEY_CORS_ALLOWED_ORIGINS (--cors-allowed-origins)",
+                    format!("{origin:?} is not an origin like https://app.example.com"),
+                );
+            }
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
+            .contains(&self.rate_limit_window)
+        {
+            return fail(
+                "LATCHKEY_RATE_LIMIT_WINDOW (--rate-limit-window)",
+                "must be between 1s and 24h".into(),
+            );
+        }
+        if self.verify_backoff_max < Duration::from_secs(1) {
+            return fail(
+                "LATCHKEY_VERIFY_BACKOFF_MAX (--verify-backoff-max)",
+                "must be at least 1s".into(),
+            );
+        }
+        if self.code_max_age < self.code_ttl {
+            return fail(
+                "LATCHKEY_CODE_MAX_AGE (--code-max-age)",
+                "must not be shorter than LATCHKEY_CODE_TTL".into(),
+            );
+        }
+        if self.smtp_send_timeout < self.smtp_timeout {
+            return fail(
+                "LATCHKEY_SMTP_SEND_TIMEOUT (--smtp-send-timeout)",
+                "must not be shorter than LATCHKEY_SMTP_TIMEOUT".into(),
+            );
+        }
+        for url in &self.allowed_validation_urls {
+            if let Err(reason) = crate::auth::links::AllowedUrl::parse(url) {
+                return fail(
+                    "LATCHKEY_ALLOWED_VALIDATION_URLS (--allowed-validation-urls)",
+                    format!("{url:?}: {reason}"),
+                );
+            }
+        }
+        if let Some(url) = &self.default_validation_url {
+            let allowed = crate::auth::links::Allowlist::parse(&self.allowed_validation_urls)
+                .map_err(|e| ConfigError {
+                    setting: "LATCHKEY_ALLOWED_VALIDATION_URLS (--allowed-validation-urls)",
+                    reason: e,
+                })?;
+            if !allowed.permits(url) {
+                return fail(
+                    "LATCHKEY_DEFAULT_VALIDATION_URL (--default-validation-url)",
+                    "is not in LATCHKEY_ALLOWED_VALIDATION_URLS".into(),
+                );
+            }
+        }
+        if !crate::auth::links::is_locale(&self.default_locale) {
+            return fail(
+                "LATCHKEY_DEFAULT_LOCALE (--default-locale)",
+                "must be a language tag like `en` or `pt-BR`".into(),
+            );
+        }
+        if self.outbox_retry_base > self.outbox_retry_max {
+            return fail(
+                "LATCHKEY_OUTBOX_RETRY_BASE (--outbox-retry-base)",
+                "must not be longer than LATCHKEY_OUTBOX_RETRY_MAX".into(),
+            );
+        }
+        if let Err(e) = self.mail_from.parse::<lettre::message::Mailbox>() {
+            return fail(
+                "LATCHKEY_MAIL_FROM (--mail-from)",
+                format!("not a valid mailbox ({e}); expected e.g. `App <no-reply@example.com>`"),
+            );
+        }
+        let url = self.database_url();
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            return fail(
+                "LATCHKEY_DATABASE_URL (--database-url)",
+                "must start with postgres://, postgresql:// or sqlite:".into(),
+            );
+        }
+        if let Some(smtp) = &self.smtp_url {
+            let s = smtp.expose();
+            if !(s.starts_with("smtp://") || s.starts_with("smtps://")) {
+                return fail(
+                    "LATCHKEY_SMTP_URL (--smtp-url)",
+                    "must start with smtp:// or smtps://".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A configuration problem, naming the setting at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+/// Parses a positive human duration such as `15m`, `10s` or `30days`.
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = duration_or_zero(s)?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+fn duration_or_zero(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 500ms, 10s, 15m, 30days)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_use_sqlite_in_the_data_dir() {
+        let s = Settings::defaults();
+        s.validate().unwrap();
+        assert_eq!(
+            s.database_url(),
+            "sqlite://latchkey-data/latchkey.db?mode=rwc"
+        );
+        assert_eq!(s.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.code_length, 6);
+        assert_eq!(s.access_token_ttl, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn code_length_outside_six_to_ten_is_refused() {
+        for bad in ["5", "11", "six"] {
+            let err = Cli::try_parse_from(["latchkey", "--code-length", bad]).unwrap_err();
+            assert!(err.to_string().contains("--code-length"), "{err}");
+        }
+    }
+
+    #[test]
+    fn access_token_ttl_longer_than_session_is_refused_naming_the_setting() {
+        let mut s = Settings::defaults();
+        s.access_token_ttl = Duration::from_secs(7200);
+        s.session_ttl = Duration::from_secs(3600);
+        let err = s.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("LATCHKEY_ACCESS_TOKEN_TTL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rate_limit_window_and_backoff_cap_are_bounded() {
+        let mut s = Settings::defaults();
+        s.rate_limit_window = Duration::from_millis(10);
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("LATCHKEY_RATE_LIMIT_WINDOW")
+        );
+        s.rate_limit_window = Duration::from_secs(900);
+        s.verify_backoff_max = Duration::ZERO;
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("LATCHKEY_VERIFY_BACKOFF_MAX")
+        );
+    }
+
+    #[test]
+    fn the_readme_documents_every_setting() {
+        use clap::CommandFactory;
+        let readme = include_str!("../README.md");
+        let mut cmd = Cli::command();
+        let mut envs: Vec<String> = Vec::new();
+        let mut collect = |c: &clap::Command| {
+            for arg in c.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    envs.push(env.to_string_lossy().into_owned());
+                }
+            }
+        };
+        collect(&cmd);
+        for sub in cmd.get_subcommands_mut() {
+            for subsub in sub.get_subcommands() {
+                collect(subsub);
+            }
+        }
+        assert!(envs.len() > 20);
+        for env in envs {
+            assert!(readme.contains(&format!("`{env}`")), "README misses {env}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let mut s = Settings::defaults();
+        s.smtp_url = Some(Secret::new("smtp://user:hunter2@relay"));
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,212 @@
+//! One error type for the domain, and the small vocabulary of machine codes
+//! both transports map from. Adding a variant does not compile until
+//! [`AuthError::code`] and every transport's match on [`ErrorCode`] decide
+//! what it means.
+
+use std::fmt;
+
+/// Everything a domain operation can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The request is malformed; nothing was changed. `field` is the request
+    /// field at fault, with proto field names (`email`, `client.ip`).
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    /// Wrong, expired, already used or unknown code or session: deliberately
+    /// indistinguishable.
+    #[error("the code is invalid or has expired")]
+    CodeInvalid,
+    /// The session saw too many wrong codes and has ended.
+    #[error("too many wrong codes: this login has ended, start a new one")]
+    TooManyAttempts,
+    /// Unknown, expired or revoked refresh token, or its session has ended.
+    #[error("the refresh token is invalid or has expired")]
+    RefreshTokenInvalid,
+    /// An already rotated refresh token was presented after the grace window:
+    /// the session has been ended.
+    #[error("this refresh token was already used: the session has been ended")]
+    RefreshTokenReused,
+    /// The validation URL is not on the tenant's allowlist (or not an
+    /// acceptable URL at all); nothing was sent.
+    #[error("validation_url {0}")]
+    ValidationUrlNotAllowed(&'static str),
+    /// Too many calls: a rate limit or the wrong-code budget. Retry after
+    /// the given time.
+    #[error("too many requests: retry in {} s", .0.as_secs().max(1))]
+    RateLimited(std::time::Duration),
+    /// An idempotency key came back with a different request.
+    #[error("this idempotency key was used for a different request")]
+    IdempotencyKeyReused,
+    /// No valid API key: missing, malformed, unknown, expired or revoked
+    /// (deliberately indistinguishable).
+    #[error("a valid API key is required: send `authorization: Bearer <key>`")]
+    Unauthenticated,
+    /// A valid key without the right scope (an app key on the admin surface).
+    #[error("{0}")]
+    PermissionDenied(&'static str),
+    /// An admin operation names something that does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// An admin operation would create something that exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The database could not be reached; safe to retry.
+    #[error("the service is temporarily unavailable, retry later")]
+    Unavailable(#[source] anyhow::Error),
+    /// A bug or an unexpected failure; the cause is logged, never shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AuthError {
+    /// An [`AuthError::InvalidArgument`] for `field`.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The machine code callers see.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            Self::CodeInvalid => ErrorCode::CodeInvalid,
+            Self::TooManyAttempts => ErrorCode::TooManyAttempts,
+            Self::RefreshTokenInvalid => ErrorCode::RefreshTokenInvalid,
+            Self::RefreshTokenReused => ErrorCode::RefreshTokenReused,
+            Self::ValidationUrlNotAllowed(_) => ErrorCode::ValidationUrlNotAllowed,
+            Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
+            Self::Unauthenticated => ErrorCode::Unauthenticated,
+            Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Logs what callers are never shown: the cause of internal and
+    /// unavailable errors. Every transport calls this once per error.
+    pub fn log(&self) {
+        match self {
+            Self::Internal(cause) => {
+                tracing::error!(error = %format!("{cause:#}"), "internal error");
+            }
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = %format!("{cause:#}"), "database unavailable");
+            }
+            _ => {}
+        }
+    }
+
+    /// How long to wait before retrying, for rate limits.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::RateLimited(d) => Some(*d),
+            _ => None,
+        }
+    }
+
+    /// The field at fault, for bad input.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidArgument { field, .. } => Some(field),
+            Self::ValidationUrlNotAllowed(_) => Some("validation_url"),
+            Self::IdempotencyKeyReused => Some("idempotency_key"),
+            _ => None,
+        }
+    }
+}
+
+/// The stable, machine-readable error codes (the `reason` of the gRPC
+/// `ErrorInfo` detail). Documented in the README; never renamed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidArgument,
+    CodeInvalid,
+    TooManyAttempts,
+    RefreshTokenInvalid,
+    RefreshTokenReused,
+    ValidationUrlNotAllowed,
+    RateLimited,
+    IdempotencyKeyReused,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    AlreadyExists,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 14] = [
+        Self::InvalidArgument,
+        Self::CodeInvalid,
+        Self::TooManyAttempts,
+        Self::RefreshTokenInvalid,
+        Self::RefreshTokenReused,
+        Self::ValidationUrlNotAllowed,
+        Self::RateLimited,
+        Self::IdempotencyKeyReused,
+        Self::Unauthenticated,
+        Self::PermissionDenied,
+        Self::NotFound,
+        Self::AlreadyExists,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::CodeInvalid => "CODE_INVALID",
+            Self::TooManyAttempts => "TOO_MANY_ATTEMPTS",
+            Self::RefreshTokenInvalid => "REFRESH_TOKEN_INVALID",
+            Self::RefreshTokenReused => "REFRESH_TOKEN_REUSED",
+            Self::ValidationUrlNotAllowed => "VALIDATION_URL_NOT_ALLOWED",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::NotFound => "NOT_FOUND",
+            Self::AlreadyExists => "ALREADY_EXISTS",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<crate::store::StoreError> for AuthError {
+    fn from(e: crate::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            Self::Unavailable(e.into())
+        } else {
+            Self::Internal(e.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_documents_every_error_code() {
+        let readme = include_str!("../README.md");
+        for code in ErrorCode::ALL {
+            assert!(
+                readme.contains(&format!("| `{code}` |")),
+                "README misses {code}"
+            );
+        }
+    }
+}

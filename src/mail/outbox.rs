@@ -1,0 +1,325 @@
+//! The outbox worker: claims due messages with a lease, sends them, and
+//! records the outcome. A message whose send fails for a temporary reason is
+//! retried with exponential backoff and jitter; a permanent refusal (SMTP 5xx)
+//! marks it dead with the error. Nothing is dropped.
+//!
+//! A claimed batch is sent concurrently (the SMTP transport pools
+//! connections) and each send is bounded by `send_timeout`, shorter than the
+//! lease, so a claim never outlives its lease in normal operation.
+//!
+//! Delivery is at least once: if the process dies after the mail server
+//! accepted a message but before the outcome is committed, the lease runs out
+//! and the message is sent again (with the same `Message-ID`, so mail clients
+//! show one).
+
+use std::{sync::Arc, time::Duration};
+
+use lettre::message::{Mailbox, MultiPart, header};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    KIND_NO_ACCOUNT, KIND_SIGN_IN, open_payload,
+    templates::{SignInEmail, Templates},
+    transport::{Outgoing, SendError, Transport},
+};
+use crate::{
+    auth::tenants::Tenants,
+    clock::{Clock, UnixMillis, millis},
+    kek::Kek,
+    store::{ClaimedMail, Outcome, Store},
+};
+
+/// How the worker paces itself.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Poll this often when nobody wakes the worker.
+    pub poll_interval: Duration,
+    /// First retry delay; doubles per attempt up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long a claim holds a message before another worker may take it.
+    pub lease: Duration,
+    /// Longest a single send may take, connection included (below `lease`).
+    pub send_timeout: Duration,
+    /// Attempts before a message is given up.
+    pub max_attempts: u32,
+    /// Messages claimed per round trip.
+    pub batch: i64,
+}
+
+/// Deliveries later than this after StartAuth move the proof's expiry.
+const EXTEND_AFTER_MS: i64 = 1_000;
+
+/// A message ready to send, or the reason not to.
+enum Built {
+    Send {
+        message: lettre::Message,
+        /// The code it carries (for the dev mailbox log; empty if none).
+        code: String,
+        /// (validity, cap): once accepted, the proof works for `validity`
+        /// from then, but never past `cap`.
+        extend_to: Option<(i64, UnixMillis)>,
+    },
+    /// The proof's absolute limit passed before the email could go out.
+    Expired,
+}
+
+/// The worker; built by the server, run once.
+pub struct OutboxWorker {
+    pub store: Store,
+    pub kek: Kek,
+    pub clock: Clock,
+    pub transport: Transport,
+    pub templates: Arc<Templates>,
+    /// Each tenant's sender and app name.
+    pub tenants: Tenants,
+    pub settings: WorkerSettings,
+    /// Notified after a commit that queued mail.
+    pub wake: Arc<Notify>,
+}
+
+impl OutboxWorker {
+    /// Delivers until `stop` fires; a message being sent when it fires is
+    /// finished first.
+    pub async fn run(self, stop: CancellationToken) {
+        // Other replicas' enqueues wake us through PostgreSQL; ours through
+        // `wake`; the poll is the fallback for both.
+        let mut listener = match self.store.listen_outbox().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox: cannot LISTEN, polling only");
+                None
+            }
+        };
+        loop {
+            // Drain everything that is due, then wait for a wake-up or a tick.
+            loop {
+                if stop.is_cancelled() {
+                    return;
+                }
+                match self.deliver_due(&stop).await {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "outbox: claiming failed");
+                        break;
+                    }
+                }
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        if let Err(e) = l.recv().await {
+                            tracing::warn!(error = %e, "outbox: LISTEN connection lost");
+                            tokio::time::sleep(self.settings.poll_interval).await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = notified => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Claims one batch of due messages and delivers it. Returns how many
+    /// were claimed.
+    pub async fn deliver_due(&self, stop: &CancellationToken) -> anyhow::Result<usize> {
+        let now = self.clock.now_ms();
+        let lease_until = now + millis(self.settings.lease);
+        let batch = self
+            .store
+            .claim_mail(now, lease_until, self.settings.batch)
+            .await?;
+        let claimed = batch.len();
+        if stop.is_cancelled() {
+            // Unsent claims become due again when their lease ends.
+            return Ok(0);
+        }
+        let outcomes =
+            futures_util::future::join_all(batch.into_iter().map(|mail| self.deliver(mail))).await;
+        if let Err(e) = self.store.record_outcomes(&outcomes).await {
+            // The leases run out and the messages are tried again.
+            tracing::warn!(error = %e, "outbox: recording the outcomes failed");
+        }
+        Ok(claimed)
+    }
+
+    #[tracing::instrument(name = "deliver", skip_all, fields(mail_id = %mail.id, attempt = mail.attempts))]
+    async fn deliver(&self, mail: ClaimedMail) -> Outcome {
+        let now = self.clock.now_ms();
+        let outcome = match self.build(&mail, now) {
+            Ok(Built::Send {
+                message,
+                code,
+                extend_to,
+            }) => {
+                let send = self.transport.send(Outgoing {
+                    id: &mail.id,
+                    message,
+                    code: &code,
+                    recipient: &mail.recipient,
+                });
+                match tokio::time::timeout(self.settings.send_timeout, send).await {
+                    Ok(Ok(())) => Ok(extend_to),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(SendError::Transient(format!(
+                        "no answer from the mail server within {:?}",
+                        self.settings.send_timeout
+                    ))),
+                }
+            }
+            Ok(Built::Expired) => Err(SendError::Permanent(
+                "the sign-in code expired before the email could be delivered".into(),
+            )),
+            Err(e) => Err(SendError::Permanent(format!(
+                "cannot build the message: {e:#}"
+            ))),
+        };
+        let now = self.clock.now_ms();
+        match outcome {
+            Ok(extend_to) => {
+                tracing::info!(
+                    latency_ms = now - mail.created_at,
+                    "email accepted by the mail server"
+                );
+                // The proof's validity counts from now (within its cap). A
+                // delivery within a second of StartAuth changes nothing worth
+                // a write.
+                let extend = extend_to
+                    .filter(|_| now - mail.created_at > EXTEND_AFTER_MS)
+                    .map(|(ttl, cap)| (now + ttl).min(cap));
+                Outcome::Sent {
+                    extend: mail
+                        .session_id
+                        .zip(extend)
+                        .map(|(sid, until)| (mail.tenant_id, sid, until)),
+                    id: mail.id,
+                    at: now,
+                }
+            }
+            Err(SendError::Permanent(error)) => {
+                tracing::error!(error = %error, "email given up: marked dead");
+                Outcome::Dead {
+                    id: mail.id,
+                    attempts: mail.attempts,
+                    error,
+                }
+            }
+            Err(SendError::Transient(error))
+                if mail.attempts
+                    >= i32::try_from(self.settings.max_attempts).unwrap_or(i32::MAX) =>
+            {
+                tracing::error!(error = %error, attempts = mail.attempts, "email not sent after every attempt: marked dead");
+                Outcome::Dead {
+                    error: format!("gave up after {} attempts: {error}", mail.attempts),
+                    id: mail.id,
+                    attempts: mail.attempts,
+                }
+            }
+            Err(SendError::Transient(error)) => {
+                let delay = self.backoff(mail.attempts);
+                tracing::warn!(error = %error, retry_in_ms = millis(delay), "email not sent: will retry");
+                Outcome::Retry {
+                    id: mail.id,
+                    attempts: mail.attempts,
+                    at: now + millis(delay),
+                    error,
+                }
+            }
+        }
+    }
+
+    /// Builds the message (and says how the proof's expiry moves once it is
+    /// accepted), or reports that its proof can no longer be valid.
+    fn build(&self, mail: &ClaimedMail, now: UnixMillis) -> anyhow::Result<Built> {
+        let tenant = self.tenants.get(&mail.tenant_id);
+        let policy = tenant
+            .as_ref()
+            .map_or(self.tenants.defaults(), |t| &t.policy);
+        let sealed = mail
+            .payload_sealed
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("payload already erased"))?;
+        let payload = open_payload(&self.kek, &mail.id, sealed)?;
+        let locale = self
+            .templates
+            .resolve_locale(&payload.locale, &policy.default_locale)
+            .to_owned();
+        let (rendered, code, extend_to) = match mail.kind.as_str() {
+            KIND_SIGN_IN => {
+                let ttl = payload.expires_at - mail.created_at;
+                let cap = if payload.extend_until > 0 {
+                    payload.extend_until
+                } else {
+                    payload.expires_at
+                };
+                if now >= cap {
+                    return Ok(Built::Expired);
+                }
+                let rendered = self.templates.sign_in(
+                    &mail.tenant_id,
+                    &locale,
+                    &SignInEmail {
+                        app_name: &policy.app_name,
+                        email: &mail.recipient,
+                        code: payload.code.as_deref(),
+                        link: payload.link.as_deref(),
+                        minutes: (ttl / 60_000).max(1),
+                    },
+                )?;
+                (rendered, payload.code.unwrap_or_default(), Some((ttl, cap)))
+            }
+            KIND_NO_ACCOUNT => (
+                self.templates.no_account(
+                    &mail.tenant_id,
+                    &locale,
+                    &policy.app_name,
+                    &mail.recipient,
+                )?,
+                String::new(),
+                None,
+            ),
+            other => anyhow::bail!("unknown mail kind {other}"),
+        };
+        let from: Mailbox = policy.mail_from.parse()?;
+        let domain = from.email.domain().to_owned();
+        let message = lettre::Message::builder()
+            .from(from)
+            .to(mail.recipient.parse()?)
+            .subject(rendered.subject)
+            // Stable across retries, so a duplicate delivery is recognisable.
+            .message_id(Some(format!("<{}@{domain}>", mail.id)))
+            .raw_header(header::HeaderValue::new(
+                header::HeaderName::new_from_ascii_str("Auto-Submitted"),
+                "auto-generated".to_owned(),
+            ))
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text,
+                rendered.html,
+            ))?;
+        Ok(Built::Send {
+            message,
+            code,
+            extend_to,
+        })
+    }
+
+    /// Exponential backoff with jitter: between half and all of
+    /// `base * 2^(attempts-1)`, capped at `retry_max`.
+    fn backoff(&self, attempts: i32) -> Duration {
+        let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        let full = self
+            .settings
+            .retry_base
+            .saturating_mul(1 << exp)
+            .min(self.settings.retry_max);
+        let half = full / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}

@@ -1,0 +1,106 @@
+//! Where email goes: an SMTP relay (pooled connections), or for
+//! development a mailbox directory of `.eml` files with the code also logged.
+
+use std::{path::PathBuf, time::Duration};
+
+use lettre::Message;
+
+use super::smtp::SmtpClient;
+
+/// Why a send failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The server refused this message for good (SMTP 5xx).
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+    /// Connection problems, timeouts, 4xx: retry later.
+    #[error("temporary failure: {0}")]
+    Transient(String),
+}
+
+/// SMTP connections kept open per process (the outbox sends a batch of this
+/// many at a time).
+pub const POOL_SIZE: usize = 8;
+
+/// A message ready to go, with what the dev mailbox shows in the log.
+pub struct Outgoing<'a> {
+    pub id: &'a str,
+    pub message: Message,
+    /// The code the message carries (logged by the dev mailbox only).
+    pub code: &'a str,
+    pub recipient: &'a str,
+}
+
+pub enum Transport {
+    Smtp(SmtpClient),
+    DevMailbox(PathBuf),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Smtp(_) => f.write_str("Transport::Smtp"),
+            Self::DevMailbox(dir) => write!(f, "Transport::DevMailbox({})", dir.display()),
+        }
+    }
+}
+
+impl Transport {
+    /// An SMTP transport from a URL: `smtp://host:port` (plain),
+    /// `smtp://…?tls=required` (STARTTLS), `smtps://…` (implicit TLS), with
+    /// optional `user:password@` for AUTH.
+    pub fn smtp(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let client = SmtpClient::from_url(url, timeout, POOL_SIZE)
+            .map_err(|e| anyhow::anyhow!("LATCHKEY_SMTP_URL: {e}"))?;
+        Ok(Self::Smtp(client))
+    }
+
+    /// The development mailbox under `dir`.
+    pub fn dev_mailbox(dir: PathBuf) -> Self {
+        Self::DevMailbox(dir)
+    }
+
+    pub fn is_dev_mailbox(&self) -> bool {
+        matches!(self, Self::DevMailbox(_))
+    }
+
+    pub async fn send(&self, mail: Outgoing<'_>) -> Result<(), SendError> {
+        match self {
+            Self::Smtp(smtp) => {
+                let envelope = mail.message.envelope();
+                smtp.send(
+                    envelope.from().cloned(),
+                    envelope.to().to_vec(),
+                    &mail.message.formatted(),
+                )
+                .await
+            }
+            Self::DevMailbox(dir) => {
+                let path = dir.join(format!("{}.eml", mail.id));
+                let write = async {
+                    tokio::fs::create_dir_all(dir).await?;
+                    tokio::fs::write(&path, mail.message.formatted()).await
+                };
+                write
+                    .await
+                    .map_err(|e| SendError::Transient(format!("{}: {e}", path.display())))?;
+                if mail.code.is_empty() {
+                    tracing::info!(
+                        to = mail.recipient,
+                        file = %path.display(),
+                        "DEV MAILBOX (development only, no email was sent): notice saved"
+                    );
+                } else {
+                    tracing::info!(
+                        to = mail.recipient,
+                        code = mail.code,
+                        file = %path.display(),
+                        "DEV MAILBOX (development only, no email was sent): sign-in code {}",
+                        mail.code
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! Start-up and shutdown: connect and migrate the database, load the keys,
+//! bind the gRPC and HTTP listeners (port 0 works: tests read the real
+//! addresses), then serve until the shutdown token fires.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    api::{
+        Api, Readiness,
+        admin::GrpcAdmin,
+        grpc::{GrpcAuth, oversized_request_as_invalid_argument},
+        openapi, rest,
+    },
+    auth::{
+        AuthService, DEFAULT_TENANT, Parts, Policy,
+        admin::{Admin, create_development_key},
+        apikeys::ApiKeys,
+        keys::KeyRing,
+        tenants::Tenants,
+    },
+    clock::Clock,
+    config::Settings,
+    kek::{Kek, KekSource},
+    mail::{
+        outbox::{OutboxWorker, WorkerSettings},
+        templates::Templates,
+        transport::Transport,
+    },
+    proto::{self, auth_service_server::AuthServiceServer},
+    store::{Store, StoreOptions},
+    telemetry::{self, RpcLayer},
+};
+
+/// The gRPC health service name that is SERVING for as long as the process
+/// runs (liveness), whatever the database does.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
+/// A bound, ready-to-run service.
+pub struct Server {
+    settings: Settings,
+    grpc_listener: TcpListener,
+    grpc_addr: SocketAddr,
+    http_listener: TcpListener,
+    http_addr: SocketAddr,
+    store: Store,
+    auth: AuthService,
+    keys: KeyRing,
+    worker: OutboxWorker,
+    admin: Admin,
+    clock: Clock,
+    development_key: Option<String>,
+}
+
+/// Opens the store named by the settings and applies pending migrations.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let url = settings.database_url();
+    let options = StoreOptions {
+        max_connections: settings.database_max_connections,
+        acquire_timeout: settings.database_acquire_timeout,
+    };
+    let store = Store::connect(&url, &options)
+        .await
+        .with_context(|| format!("connecting to the database ({})", redact_url(&url)))?;
+    store
+        .migrate()
+        .await
+        .context("applying database migrations")?;
+    Ok(store)
+}
+
+/// Loads (or on first start generates) the key-encryption key, warning when
+/// it is not configured.
+pub fn load_kek(settings: &Settings) -> anyhow::Result<Kek> {
+    let configured = settings.key_encryption_key.as_ref().map(|s| s.expose());
+    let (kek, source) = Kek::load(configured, &settings.data_dir)
+        .context("LATCHKEY_KEY_ENCRYPTION_KEY (--key-encryption-key)")?;
+    match source {
+        KekSource::Configured => {}
+        KekSource::GeneratedFile | KekSource::ExistingFile => tracing::warn!(
+            path = %settings.data_dir.join("kek").display(),
+            "no LATCHKEY_KEY_ENCRYPTION_KEY configured: using a key from the data directory. \
+             Fine for development; in production configure one shared by every replica"
+        ),
+    }
+    Ok(kek)
+}
+
+impl Server {
+    /// Connects, migrates, loads keys and binds the listener.
+    pub async fn build(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let kek = load_kek(&settings)?;
+        let store = open_store(&settings).await?;
+        let keys = KeyRing::open(
+            store.clone(),
+            kek.clone(),
+            clock.clone(),
+            DEFAULT_TENANT,
+            settings.signing_alg,
+        )
+        .await
+        .context("loading the signing keys")?;
+
+        let transport = match &settings.smtp_url {
+            Some(url) => Transport::smtp(url.expose(), settings.smtp_timeout)?,
+            None => {
+                let dir = settings.data_dir.join("mailbox");
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "no LATCHKEY_SMTP_URL configured: emails go to the DEV MAILBOX and codes are \
+                     logged (development only)"
+                );
+                Transport::dev_mailbox(dir)
+            }
+        };
+        let defaults = Policy::from_settings(&settings);
+        let tenants = Tenants::load(store.clone(), defaults)
+            .await
+            .context("loading the tenants")?;
+        let api_keys = ApiKeys::load(store.clone(), clock.clone())
+            .await
+            .context("loading the API keys")?;
+        let admin = Admin::new(
+            store.clone(),
+            tenants.clone(),
+            Some(api_keys.clone()),
+            clock.clone(),
+        );
+        // Zero-setup development: the first start on the embedded SQLite
+        // database without SMTP makes an app key and shows it once. Never
+        // with PostgreSQL or SMTP configured (that is not a laptop).
+        let development_key =
+            if transport.is_dev_mailbox() && store.backend() == crate::store::Backend::Sqlite {
+                let key = create_development_key(&admin).await?;
+                if let Some(key) = &key {
+                    announce_development_key(&settings, key)?;
+                }
+                key
+            } else {
+                None
+            };
+
+        let wake = Arc::new(Notify::new());
+        let templates = Arc::new(
+            Templates::load(settings.template_dir.as_deref())
+                .context("LATCHKEY_TEMPLATE_DIR (--template-dir)")?,
+        );
+        let worker = OutboxWorker {
+            store: store.clone(),
+            kek: kek.clone(),
+            clock: clock.clone(),
+            transport,
+            templates,
+            tenants: tenants.clone(),
+            settings: WorkerSettings {
+                poll_interval: settings.outbox_poll_interval,
+                retry_base: settings.outbox_retry_base,
+                retry_max: settings.outbox_retry_max,
+                // A batch is sent concurrently, each send bounded well inside
+                // the lease; the batch matches the SMTP connection pool.
+                lease: (settings.smtp_send_timeout * 2).max(Duration::from_secs(60)),
+                send_timeout: settings.smtp_send_timeout,
+                max_attempts: settings.outbox_max_attempts,
+                batch: 8,
+            },
+            wake: wake.clone(),
+        };
+        let auth = AuthService::new(Parts {
+            store: store.clone(),
+            keys: keys.clone(),
+            tenants,
+            api_keys,
+            kek,
+            clock: clock.clone(),
+            outbox_wake: wake,
+        });
+
+        let grpc_listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("binding the gRPC listener on {}", settings.grpc_addr))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener on {}", settings.http_addr))?;
+        let http_addr = http_listener.local_addr()?;
+        Ok(Self {
+            settings,
+            grpc_listener,
+            grpc_addr,
+            http_listener,
+            http_addr,
+            store,
+            auth,
+            keys,
+            worker,
+            admin,
+            clock,
+            development_key,
+        })
+    }
+
+    /// The administration operations (tests and tools use it in-process).
+    pub fn admin(&self) -> &Admin {
+        &self.admin
+    }
+
+    /// The key made by this start for zero-setup development, if any.
+    pub fn development_key(&self) -> Option<&str> {
+        self.development_key.as_deref()
+    }
+
+    /// The address the gRPC listener is bound to.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The address the HTTP listener (JSON gateway) is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The store (for tests and admin commands).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` fires, then: readiness goes NOT_SERVING,
+    /// in-flight calls finish (bounded by the shutdown grace), background
+    /// work stops after its current item, and the pool closes.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            grpc_listener,
+            grpc_addr,
+            http_listener,
+            http_addr,
+            store,
+            auth,
+            keys,
+            worker,
+            admin,
+            clock,
+            development_key: _,
+        } = self;
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Health {
+            reporter,
+            readiness: Readiness::default(),
+            stopping: Arc::default(),
+        };
+        health.set(true).await;
+        health
+            .reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
+        // Both reflection versions: grpcurl 1.8 and Python's client speak only v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let background = CancellationToken::new();
+        let tasks: Vec<JoinHandle<()>> = vec![
+            tokio::spawn(worker.run(background.clone())),
+            tokio::spawn(
+                keys.reload_periodically(settings.key_reload_interval, background.clone()),
+            ),
+            tokio::spawn(auth.clone().sync_periodically(
+                Duration::from_secs(1),
+                Duration::from_secs(30),
+                background.clone(),
+            )),
+            tokio::spawn(auth.clone().purge_periodically(
+                settings.rate_limit_window,
+                Duration::from_secs(300),
+                background.clone(),
+            )),
+            tokio::spawn(watch_readiness(
+                store.clone(),
+                health.clone(),
+                settings.readiness_interval,
+                background.clone(),
+            )),
+        ];
+
+        let api = Api::new(auth);
+        let cors = cors_layer(&settings.cors_allowed_origins)?;
+        let grpc = tonic::transport::Server::builder()
+            // HTTP/1.1 for grpc-web (browsers and their tooling).
+            .accept_http1(true)
+            .layer(tower::util::MapResponseLayer::new(
+                oversized_request_as_invalid_argument::<tonic::body::Body>,
+            ))
+            .layer(tower::util::option_layer(cors.clone()))
+            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(RpcLayer::new("grpc", telemetry::grpc_call_name))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(GrpcAuth::server(api.clone()))
+            .add_service(GrpcAdmin::server(admin, api.clone()))
+            .serve_with_incoming_shutdown(
+                // No Nagle: a response's frames must not wait for the peer's delayed ACK.
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                draining(shutdown.clone(), health.clone(), settings.shutdown_delay),
+            );
+
+        let router = rest::router(rest::RestState {
+            api,
+            readiness: health.readiness.clone(),
+            jwks_max_age: settings.jwks_max_age,
+            openapi: openapi::document_text().into(),
+            store: store.clone(),
+            clock,
+        })
+        .layer(RpcLayer::new("http", rest::http_call_name))
+        .layer(tower::util::option_layer(cors));
+        let http = axum::serve(
+            axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            router,
+        )
+        .with_graceful_shutdown(draining(
+            shutdown.clone(),
+            health.clone(),
+            settings.shutdown_delay,
+        ));
+
+        tracing::info!(
+            grpc = %grpc_addr,
+            http = %http_addr,
+            database = ?store.backend(),
+            "latchkey is serving"
+        );
+        let both = async {
+            let (grpc, http) = tokio::join!(grpc, http);
+            grpc.map_err(anyhow::Error::from)?;
+            http.map_err(anyhow::Error::from)
+        };
+        tokio::pin!(both);
+        let served = tokio::select! {
+            result = &mut both => result,
+            _ = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(settings.shutdown_delay + settings.shutdown_grace).await;
+            } => {
+                tracing::warn!("calls still running after the shutdown grace: closing them");
+                Ok(())
+            }
+        };
+
+        background.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
+        store.close().await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Resolves when the listeners should stop accepting and drain: once
+/// shutdown has started, the service reported NOT_SERVING, and `delay` has
+/// passed (time for load balancers to stop sending new calls here).
+async fn draining(shutdown: CancellationToken, health: Health, delay: Duration) {
+    shutdown.cancelled().await;
+    if health.stop().await {
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "shutting down: NOT_SERVING"
+        );
+    }
+    tokio::time::sleep(delay).await;
+    tracing::debug!("draining in-flight calls");
+}
+
+/// CORS for browsers (grpc-web and the gateway), only when origins are set.
+fn cors_layer(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| http::HeaderValue::from_str(o.trim_end_matches('/')))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    let headers = [
+        "content-type",
+        "authorization",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+        "if-none-match",
+    ]
+    .map(http::HeaderName::from_static);
+    let exposed = [
+        "grpc-status",
+        "grpc-message",
+        "grpc-status-details-bin",
+        "etag",
+    ]
+    .map(http::HeaderName::from_static);
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([http::Method::GET, http::Method::POST, http::Method::OPTIONS])
+            .allow_headers(headers)
+            .expose_headers(exposed)
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
+/// Both health surfaces: gRPC `grpc.health.v1` and HTTP `/readyz`.
+#[derive(Clone)]
+struct Health {
+    reporter: HealthReporter,
+    readiness: Readiness,
+    /// Once shutdown begins, nothing makes the service ready again.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Health {
+    /// Reports readiness, unless shutdown has begun.
+    async fn set(&self, ready: bool) {
+        if !self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            self.apply(ready).await;
+        }
+    }
+
+    /// Reports NOT_SERVING for good. True only for the first call.
+    async fn stop(&self) -> bool {
+        let first = !self
+            .stopping
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if first {
+            self.apply(false).await;
+        }
+        first
+    }
+
+    async fn apply(&self, ready: bool) {
+        self.readiness.set(ready);
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter
+            .set_service_status(
+                <AuthServiceServer<GrpcAuth> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+        self.reporter.set_service_status("", status).await;
+    }
+}
+
+/// Keeps readiness in step with the database: NOT_SERVING while it cannot be
+/// reached or lacks migrations this binary needs.
+async fn watch_readiness(
+    store: Store,
+    health: Health,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        // Bounded: a check that hangs on a dead connection counts as a failure.
+        let ready = tokio::time::timeout(interval.max(Duration::from_secs(1)), store.is_ready())
+            .await
+            .unwrap_or(false);
+        if ready != serving && !stop.is_cancelled() {
+            serving = ready;
+            if ready {
+                tracing::info!("database reachable again: SERVING");
+            } else {
+                tracing::warn!("database unreachable or not migrated: NOT_SERVING");
+            }
+            health.set(ready).await;
+        }
+    }
+}
+
+/// Keeps the development key in `<data-dir>/dev-api-key` (mode 0600) and
+/// shows it once on the terminal (never in the log); without a terminal only
+/// the file's path is logged.
+fn announce_development_key(settings: &Settings, key: &str) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let path = settings.data_dir.join("dev-api-key");
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let mut file = std::fs::File::create(&path)?;
+    #[cfg(unix)]
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    writeln!(file, "{key}")?;
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "\nDEVELOPMENT API KEY (shown once; also in {path}):\n\n  {key}\n\n\
+             Try it:\n  curl -s {http}/auth/start -H \"authorization: Bearer $(cat {path})\" \\\n    \
+             -H 'content-type: application/json' -d '{{\"email\":\"you@example.com\"}}'\n",
+            path = path.display(),
+            http = settings.http_addr,
+        );
+    }
+    tracing::warn!(
+        file = %path.display(),
+        "created a development API key (no keys existed): use it as `authorization: Bearer <key>`"
+    );
+    Ok(())
+}
+
+/// A database URL with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/latchkey"),
+            "postgres://app:***@db:5432/latchkey"
+        );
+        assert_eq!(
+            redact_url("sqlite://x.db?mode=rwc"),
+            "sqlite://x.db?mode=rwc"
+        );
+    }
+}

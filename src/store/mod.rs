@@ -1,0 +1,267 @@
+//! The store: PostgreSQL or SQLite behind one API. Every query is written once
+//! in SQL both accept (`$N` placeholders, text ids, integer millisecond times
+//! from the service clock, conditional `UPDATE … RETURNING` for single use);
+//! where a dialect truly differs both texts sit side by side. The conformance
+//! tests run every operation on both backends.
+
+mod keys;
+mod limits;
+mod outbox;
+mod sessions;
+mod tenants;
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool, SqlitePool,
+    migrate::Migrator,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+pub use keys::{NewSigningKey, SigningKeyRow};
+pub use limits::{ExistingKey, Hit, NewIdempotencyKey};
+pub use outbox::{
+    ClaimedMail, NewMail, OUTBOX_CHANNEL, OutboxCounts, OutboxListener, OutboxRow, Outcome,
+};
+pub use sessions::{
+    ActiveSession, CodeAttempt, LinkedSession, NewSession, PendingSession, RotatedRefreshToken,
+    SessionEnd, SessionRow, SessionStatus, UserRow,
+};
+pub use tenants::{ApiKeyRow, Counter, TenantRow};
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// A store failure. Connection-level failures are "unavailable" (the caller
+/// may retry); anything else is a bug or corruption.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct StoreError(#[from] sqlx::Error);
+
+impl StoreError {
+    /// True when the database could not be reached (retrying later may work).
+    pub fn is_unavailable(&self) -> bool {
+        match &self.0 {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => {
+                // SQLITE_BUSY / SQLITE_LOCKED after the busy timeout, and
+                // PostgreSQL's "cannot connect now" / admin shutdown classes.
+                let code = db.code().unwrap_or_default();
+                matches!(
+                    code.as_ref(),
+                    "5" | "6" | "517" | "57P01" | "57P02" | "57P03"
+                ) || code.starts_with("08")
+            }
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database engine a store talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// The database. Cheap to clone (a pool inside).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// Runs `$body` with `$conn` bound to the pool of whichever backend the store
+/// uses. The body is compiled once per backend, so the same query text and
+/// binds serve both.
+macro_rules! on_pool {
+    ($store:expr, |$conn:ident| $body:expr) => {
+        match &$store.pool {
+            crate::store::Pool::Postgres($conn) => $body,
+            crate::store::Pool::Sqlite($conn) => $body,
+        }
+    };
+}
+
+/// Like [`on_pool!`], inside a transaction.
+macro_rules! on_tx {
+    ($tx:expr, |$conn:ident| $body:expr) => {
+        match &mut $tx.inner {
+            crate::store::TxInner::Postgres(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+            crate::store::TxInner::Sqlite(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use {on_pool, on_tx};
+
+/// One database transaction. Dropping it without [`Tx::commit`] rolls back.
+pub struct Tx {
+    inner: TxInner,
+}
+
+enum TxInner {
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<()> {
+        match self.inner {
+            TxInner::Postgres(tx) => tx.commit().await?,
+            TxInner::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// A pool's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub in_use: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+/// How to open the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite://…`). A SQLite file and
+    /// its directory are created when missing. Does not migrate.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        let pool = if url.starts_with("sqlite:") {
+            let connect = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a committed login survives power loss, as on PostgreSQL.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(dir) = connect.get_filename().parent() {
+                ensure_dir(dir)?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(options.max_connections.min(8))
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(connect)
+                .await?;
+            Pool::Sqlite(pool)
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect(url)
+                .await?;
+            Pool::Postgres(pool)
+        };
+        Ok(Self { pool })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Postgres(_) => Backend::Postgres,
+            Pool::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.pool {
+            Pool::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Pool::Sqlite(_) => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    /// Applies pending migrations. On PostgreSQL this holds an advisory lock,
+    /// so replicas starting together migrate once.
+    pub async fn migrate(&self) -> Result<(), anyhow::Error> {
+        let migrator = self.migrator();
+        match &self.pool {
+            Pool::Postgres(pool) => migrator.run(pool).await?,
+            Pool::Sqlite(pool) => migrator.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// True when the database answers and every migration this binary knows
+    /// has been applied (the readiness rule).
+    pub async fn is_ready(&self) -> bool {
+        let latest = self.migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        const APPLIED: &str =
+            "SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success = TRUE";
+        let applied: std::result::Result<i64, _> = on_pool!(self, |pool| {
+            sqlx::query_scalar::<_, i64>(APPLIED).fetch_one(pool).await
+        });
+        matches!(applied, Ok(v) if v >= latest)
+    }
+
+    /// Begins a write transaction. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so a transaction that reads before it writes
+    /// cannot fail to upgrade its lock; waiting uses the busy timeout.
+    pub async fn begin(&self) -> Result<Tx> {
+        let inner = match &self.pool {
+            Pool::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            Pool::Sqlite(pool) => TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        };
+        Ok(Tx { inner })
+    }
+
+    /// Closes every connection (shutdown).
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Postgres(pool) => pool.close().await,
+            Pool::Sqlite(pool) => pool.close().await,
+        }
+    }
+
+    /// This process's connections, for metrics.
+    pub fn pool_usage(&self) -> PoolUsage {
+        let (size, idle, max) = match &self.pool {
+            Pool::Postgres(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
+            Pool::Sqlite(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
+        };
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX).min(size);
+        PoolUsage {
+            in_use: size - idle,
+            idle,
+            max,
+        }
+    }
+}
+
+fn ensure_dir(dir: &Path) -> Result<()> {
+    if dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| StoreError(sqlx::Error::Io(e)))
+}

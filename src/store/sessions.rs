@@ -1,0 +1,568 @@
+//! Login sessions, users and refresh tokens.
+
+use sqlx::FromRow;
+
+use super::{Result, Store, Tx, on_pool, on_tx};
+use crate::clock::UnixMillis;
+
+/// A login session as StartAuth creates it.
+#[derive(Debug)]
+pub struct NewSession<'a> {
+    pub id: &'a str,
+    pub tenant_id: &'a str,
+    pub email: &'a str,
+    pub method: &'a str,
+    pub code_hash: Option<&'a [u8]>,
+    pub link_hash: Option<&'a [u8]>,
+    pub proof_expires_at: UnixMillis,
+    pub client_ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub created_at: UnixMillis,
+    /// What a resend needs: where links point, the email's language, and
+    /// which email the session gets (sign-in, notice, nothing).
+    pub validation_url: Option<&'a str>,
+    pub locale: &'a str,
+    pub mail_kind: &'a str,
+}
+
+/// What a counted verification attempt sees.
+#[derive(Debug, FromRow)]
+pub struct CodeAttempt {
+    pub email: String,
+    pub code_hash: Vec<u8>,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+}
+
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: String,
+    pub email: String,
+    pub created_at: UnixMillis,
+}
+
+/// A pending session, as a resend sees it.
+#[derive(Debug, FromRow)]
+pub struct PendingSession {
+    pub email: String,
+    pub method: String,
+    pub validation_url: Option<String>,
+    pub locale: Option<String>,
+    pub mail_kind: Option<String>,
+    pub created_at: UnixMillis,
+}
+
+/// A user's login session, as listed.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: String,
+    pub state: String,
+    pub end_reason: Option<String>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub created_at: UnixMillis,
+    pub verified_at: Option<UnixMillis>,
+    pub last_refreshed_at: Option<UnixMillis>,
+    pub expires_at: Option<UnixMillis>,
+    pub ended_at: Option<UnixMillis>,
+}
+
+/// The session a magic link belongs to.
+#[derive(Debug, FromRow)]
+pub struct LinkedSession {
+    pub session_id: String,
+    pub email: String,
+}
+
+/// The state of a session, for explaining a refused attempt.
+#[derive(Debug, FromRow)]
+pub struct SessionStatus {
+    pub state: String,
+    pub end_reason: Option<String>,
+}
+
+/// An active session, as a refresh sees it.
+#[derive(Debug, FromRow)]
+pub struct ActiveSession {
+    pub user_id: String,
+    pub email: String,
+    pub expires_at: UnixMillis,
+}
+
+/// A refresh token that was already rotated, with its session.
+#[derive(Debug, FromRow)]
+pub struct RotatedRefreshToken {
+    pub session_id: String,
+    pub rotated_at: Option<UnixMillis>,
+    pub successor_sealed: Option<Vec<u8>>,
+    pub state: String,
+    pub user_id: Option<String>,
+    pub email: String,
+    pub expires_at: Option<UnixMillis>,
+}
+
+/// Why a session ended (stored in `end_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    Revoked,
+    TooManyAttempts,
+    RefreshTokenReused,
+}
+
+impl SessionEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::TooManyAttempts => "too_many_attempts",
+            Self::RefreshTokenReused => "refresh_token_reused",
+        }
+    }
+}
+
+const INSERT_SESSION: &str = "INSERT INTO auth_sessions \
+    (id, tenant_id, email, method, state, code_hash, link_hash, proof_expires_at, client_ip, user_agent, created_at, \
+     validation_url, locale, mail_kind) \
+    VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+/// Locks a pending session for a resend and returns what the email needs.
+const LOCK_PENDING: &str = "UPDATE auth_sessions SET attempts = attempts \
+    WHERE id = $1 AND tenant_id = $2 AND state = 'pending' \
+    RETURNING email, method, validation_url, locale, mail_kind, created_at";
+
+/// New proofs for a resend; the session's attempt count stays.
+const REPLACE_PROOFS: &str = "UPDATE auth_sessions \
+    SET code_hash = $3, link_hash = $4, proof_expires_at = $5 \
+    WHERE id = $1 AND tenant_id = $2 AND state = 'pending'";
+
+const USER_SESSIONS: &str = "SELECT id, state, end_reason, client_ip, user_agent, created_at, \
+      verified_at, last_refreshed_at, expires_at, ended_at \
+    FROM auth_sessions WHERE tenant_id = $1 AND user_id = $2 ORDER BY created_at DESC LIMIT $3";
+
+const END_USER_SESSIONS: &str = "UPDATE auth_sessions \
+    SET state = 'ended', end_reason = $4, ended_at = $5 \
+    WHERE tenant_id = $1 AND user_id = $2 AND id <> $3 AND state = 'active' AND expires_at > $5";
+
+const SESSION_STATE: &str =
+    "SELECT state, expires_at FROM auth_sessions WHERE id = $1 AND tenant_id = $2";
+
+/// Counts one attempt, atomically with every check that makes it allowed:
+/// concurrent attempts serialise on the row, so the limit is exact.
+const TAKE_CODE_ATTEMPT: &str = "UPDATE auth_sessions SET attempts = attempts + 1 \
+    WHERE id = $1 AND tenant_id = $2 AND state = 'pending' AND code_hash IS NOT NULL \
+      AND proof_expires_at > $3 AND attempts < $4 \
+    RETURNING email, code_hash, attempts";
+
+/// Takes the row lock of the pending, unexpired session a link token belongs
+/// to (activation follows in the same transaction).
+const TAKE_LINK: &str = "UPDATE auth_sessions SET attempts = attempts \
+    WHERE link_hash = $1 AND tenant_id = $2 AND state = 'pending' AND proof_expires_at > $3 \
+    RETURNING id AS session_id, email";
+
+/// Moves the proof's expiry later (never earlier) once its email went out.
+const EXTEND_PROOF: &str = "UPDATE auth_sessions SET proof_expires_at = $2 \
+    WHERE id = $1 AND tenant_id = $3 AND state = 'pending' AND proof_expires_at < $2";
+
+const SESSION_STATUS: &str =
+    "SELECT state, end_reason FROM auth_sessions WHERE id = $1 AND tenant_id = $2";
+
+const ACTIVATE_SESSION: &str = "UPDATE auth_sessions \
+    SET state = 'active', user_id = $3, verified_at = $4, expires_at = $5, code_hash = NULL, link_hash = NULL \
+    WHERE id = $1 AND tenant_id = $2 AND state = 'pending'";
+
+const END_SESSION: &str = "UPDATE auth_sessions \
+    SET state = 'ended', end_reason = $3, ended_at = $4, code_hash = NULL, link_hash = NULL \
+    WHERE id = $1 AND tenant_id = $2 AND state IN ('pending', 'active')";
+
+const FIND_USER: &str =
+    "SELECT id, email, created_at FROM users WHERE tenant_id = $1 AND email = $2";
+
+const INSERT_USER: &str = "INSERT INTO users (id, tenant_id, email, created_at) VALUES ($1, $2, $3, $4) \
+    ON CONFLICT (tenant_id, email) DO NOTHING RETURNING id, email, created_at";
+
+const INSERT_REFRESH_TOKEN: &str = "INSERT INTO refresh_tokens (token_hash, tenant_id, session_id, created_at) \
+    VALUES ($1, $2, $3, $4)";
+
+/// Marks a refresh token used, only if it was not already: of two racing
+/// refreshes exactly one rotates.
+const ROTATE_REFRESH_TOKEN: &str = "UPDATE refresh_tokens SET rotated_at = $3, successor_sealed = $4 \
+    WHERE token_hash = $1 AND tenant_id = $2 AND rotated_at IS NULL \
+    RETURNING session_id";
+
+const TOUCH_ACTIVE_SESSION: &str = "UPDATE auth_sessions SET last_refreshed_at = $3 \
+    WHERE id = $1 AND tenant_id = $2 AND state = 'active' AND expires_at > $3 \
+    RETURNING user_id, email, expires_at";
+
+const FIND_REFRESH_TOKEN: &str = "SELECT r.session_id, r.rotated_at, r.successor_sealed, \
+      s.state, s.user_id, s.email, s.expires_at \
+    FROM refresh_tokens r JOIN auth_sessions s ON s.id = r.session_id AND s.tenant_id = r.tenant_id \
+    WHERE r.token_hash = $1 AND r.tenant_id = $2";
+
+const SESSION_OF_REFRESH_TOKEN: &str =
+    "SELECT session_id FROM refresh_tokens WHERE token_hash = $1 AND tenant_id = $2";
+
+impl Tx {
+    pub async fn insert_session(&mut self, s: &NewSession<'_>) -> Result<()> {
+        on_tx!(self, |conn| {
+            sqlx::query(INSERT_SESSION)
+                .bind(s.id)
+                .bind(s.tenant_id)
+                .bind(s.email)
+                .bind(s.method)
+                .bind(s.code_hash)
+                .bind(s.link_hash)
+                .bind(s.proof_expires_at)
+                .bind(s.client_ip)
+                .bind(s.user_agent)
+                .bind(s.created_at)
+                .bind(s.validation_url)
+                .bind(s.locale)
+                .bind(s.mail_kind)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Counts a code attempt on a pending, unexpired session that has
+    /// attempts left, and returns what is needed to check the code. `None`
+    /// when the session cannot be verified (unknown, expired, ended, used up).
+    pub async fn take_code_attempt(
+        &mut self,
+        tenant_id: &str,
+        session_id: &str,
+        now: UnixMillis,
+        max_attempts: i32,
+    ) -> Result<Option<CodeAttempt>> {
+        Ok(on_tx!(self, |conn| {
+            sqlx::query_as::<_, CodeAttempt>(TAKE_CODE_ATTEMPT)
+                .bind(session_id)
+                .bind(tenant_id)
+                .bind(now)
+                .bind(max_attempts)
+                .fetch_optional(conn)
+                .await
+        })?)
+    }
+
+    /// Locks a pending session (for a resend).
+    pub async fn lock_pending_session(
+        &mut self,
+        tenant_id: &str,
+        session_id: &str,
+    ) -> Result<Option<PendingSession>> {
+        Ok(on_tx!(self, |conn| {
+            sqlx::query_as::<_, PendingSession>(LOCK_PENDING)
+                .bind(session_id)
+                .bind(tenant_id)
+                .fetch_optional(conn)
+                .await
+        })?)
+    }
+
+    /// Replaces a pending session's proofs (the old ones stop working).
+    pub async fn replace_proofs(
+        &mut self,
+        tenant_id: &str,
+        session_id: &str,
+        code_hash: Option<&[u8]>,
+        link_hash: Option<&[u8]>,
+        proof_expires_at: UnixMillis,
+    ) -> Result<()> {
+        on_tx!(self, |conn| {
+            sqlx::query(REPLACE_PROOFS)
+                .bind(session_id)
+                .bind(tenant_id)
+                .bind(code_hash)
+                .bind(link_hash)
+                .bind(proof_expires_at)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Ends every active session of a user but `except`. Returns how many.
+    pub async fn end_user_sessions(
+        &mut self,
+        tenant_id: &str,
+        user_id: &str,
+        except: &str,
+        reason: SessionEnd,
+        now: UnixMillis,
+    ) -> Result<u64> {
+        Ok(on_tx!(self, |conn| {
+            sqlx::query(END_USER_SESSIONS)
+                .bind(tenant_id)
+                .bind(user_id)
+                .bind(except)
+                .bind(reason.as_str())
+                .bind(now)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?)
+    }
+
+    /// The pending session of a link token, locked for activation.
+    pub async fn take_link(
+        &mut self,
+        tenant_id: &str,
+        link_hash: &[u8],
+        now: UnixMillis,
+    ) -> Result<Option<LinkedSession>> {
+        Ok(on_tx!(self, |conn| {
+            sqlx::query_as::<_, LinkedSession>(TAKE_LINK)
+                .bind(link_hash)
+                .bind(tenant_id)
+                .bind(now)
+                .fetch_optional(conn)
+                .await
+        })?)
+    }
+
+    /// Extends a pending session's proof expiry to `until` (never shortens).
+    pub async fn extend_proof(
+        &mut self,
+        tenant_id: &str,
+        session_id: &str,
+        until: UnixMillis,
+    ) -> Result<()> {
+        on_tx!(self, |conn| {
+            sqlx::query(EXTEND_PROOF)
+                .bind(session_id)
+                .bind(until)
+                .bind(tenant_id)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    pub async fn session_status(
+        &mut self,
+        tenant_id: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionStatus>> {
+        Ok(on_tx!(self, |conn| {
+            sqlx::query_as::<_, SessionStatus>(SESSION_STATUS)
+                .bind(session_id)
+                .bind(tenant_id)
+                .fetch_optional(conn)
+                .await
+        })?)
+    }
+
+    /// Makes a pending session active for `user_id`, wiping its proofs
+    /// (single use). False when it was no longer pending.
+    pub async fn activate_session(
+        &mut self,
+        tenant_id: &str,
+        session_id: &str,
+        user_id: &str,
+        now: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Result<bool> {
+        let done = on_tx!(self, |conn| {
+            sqlx::query(ACTIVATE_SESSION)
+                .bind(session_id)
+                .bind(tenant_id)
+                .bind(user_id)
+                .bind(now)
+                .bind(expires_at)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(done == 1)
+    }
+
+    /// Ends a pending or active session. False when it was already ended or
+    /// does not exist (ending is idempotent).
+    pub async fn end_session(
+        &mut self,
+        tenant_id: &str,
+        session_id: &str,
+        reason: SessionEnd,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        let done = on_tx!(self, |conn| {
+            sqlx::query(END_SESSION)
+                .bind(session_id)
+                .bind(tenant_id)
+                .bind(reason.as_str())
+                .bind(now)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(done == 1)
+    }
+
+    /// The user with this address, created (with `new_id`) if there is none.
+    /// Returns the user and whether this call created it.
+    pub async fn find_or_create_user(
+        &mut self,
+        tenant_id: &str,
+        email: &str,
+        new_id: &str,
+        now: UnixMillis,
+    ) -> Result<(UserRow, bool)> {
+        if let Some(user) = self.find_user(tenant_id, email).await? {
+            return Ok((user, false));
+        }
+        let inserted = on_tx!(self, |conn| {
+            sqlx::query_as::<_, UserRow>(INSERT_USER)
+                .bind(new_id)
+                .bind(tenant_id)
+                .bind(email)
+                .bind(now)
+                .fetch_optional(conn)
+                .await
+        })?;
+        match inserted {
+            Some(user) => Ok((user, true)),
+            // Another transaction created it between our read and insert (the
+            // insert waited for it to commit): read the winner's row.
+            None => {
+                let user = self.find_user(tenant_id, email).await?;
+                Ok((user.ok_or(sqlx::Error::RowNotFound)?, false))
+            }
+        }
+    }
+
+    /// The user with this address, if any.
+    pub async fn find_user(&mut self, tenant_id: &str, email: &str) -> Result<Option<UserRow>> {
+        Ok(on_tx!(self, |conn| {
+            sqlx::query_as::<_, UserRow>(FIND_USER)
+                .bind(tenant_id)
+                .bind(email)
+                .fetch_optional(conn)
+                .await
+        })?)
+    }
+
+    pub async fn insert_refresh_token(
+        &mut self,
+        tenant_id: &str,
+        session_id: &str,
+        token_hash: &[u8],
+        now: UnixMillis,
+    ) -> Result<()> {
+        on_tx!(self, |conn| {
+            sqlx::query(INSERT_REFRESH_TOKEN)
+                .bind(token_hash)
+                .bind(tenant_id)
+                .bind(session_id)
+                .bind(now)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Marks an unused refresh token used, storing its sealed successor.
+    /// Returns its session id, or `None` when the token is unknown or was
+    /// already used.
+    pub async fn rotate_refresh_token(
+        &mut self,
+        tenant_id: &str,
+        token_hash: &[u8],
+        successor_sealed: &[u8],
+        now: UnixMillis,
+    ) -> Result<Option<String>> {
+        Ok(on_tx!(self, |conn| {
+            sqlx::query_scalar::<_, String>(ROTATE_REFRESH_TOKEN)
+                .bind(token_hash)
+                .bind(tenant_id)
+                .bind(now)
+                .bind(successor_sealed)
+                .fetch_optional(conn)
+                .await
+        })?)
+    }
+
+    /// Records a refresh on an active, unexpired session and returns it.
+    pub async fn touch_active_session(
+        &mut self,
+        tenant_id: &str,
+        session_id: &str,
+        now: UnixMillis,
+    ) -> Result<Option<ActiveSession>> {
+        Ok(on_tx!(self, |conn| {
+            sqlx::query_as::<_, ActiveSession>(TOUCH_ACTIVE_SESSION)
+                .bind(session_id)
+                .bind(tenant_id)
+                .bind(now)
+                .fetch_optional(conn)
+                .await
+        })?)
+    }
+
+    /// The session a refresh token belongs to, used or not.
+    pub async fn session_of_refresh_token(
+        &mut self,
+        tenant_id: &str,
+        token_hash: &[u8],
+    ) -> Result<Option<String>> {
+        Ok(on_tx!(self, |conn| {
+            sqlx::query_scalar::<_, String>(SESSION_OF_REFRESH_TOKEN)
+                .bind(token_hash)
+                .bind(tenant_id)
+                .fetch_optional(conn)
+                .await
+        })?)
+    }
+}
+
+impl Store {
+    /// A user's sessions, newest first.
+    pub async fn user_sessions(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        limit: i64,
+    ) -> Result<Vec<SessionRow>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as::<_, SessionRow>(USER_SESSIONS)
+                .bind(tenant_id)
+                .bind(user_id)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        })?)
+    }
+
+    /// A session's state and end of life.
+    pub async fn session_state(
+        &self,
+        tenant_id: &str,
+        session_id: &str,
+    ) -> Result<Option<(String, Option<UnixMillis>)>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as::<_, (String, Option<UnixMillis>)>(SESSION_STATE)
+                .bind(session_id)
+                .bind(tenant_id)
+                .fetch_optional(pool)
+                .await
+        })?)
+    }
+
+    /// A refresh token with its session, for explaining a refused rotation.
+    pub async fn find_refresh_token(
+        &self,
+        tenant_id: &str,
+        token_hash: &[u8],
+    ) -> Result<Option<RotatedRefreshToken>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as::<_, RotatedRefreshToken>(FIND_REFRESH_TOKEN)
+                .bind(token_hash)
+                .bind(tenant_id)
+                .fetch_optional(pool)
+                .await
+        })?)
+    }
+}

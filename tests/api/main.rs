@@ -1,0 +1,20 @@
+//! The one integration-test binary (every file under tests/ would be another
+//! binary to link). Each module tests one area through the public API, on
+//! both backends where storage matters.
+
+mod client;
+mod helpers;
+
+mod abuse;
+mod bad_input;
+mod codes;
+mod gateway;
+mod keys;
+mod links;
+mod login;
+mod mail;
+mod refresh;
+mod server;
+mod sessions;
+mod store;
+mod tenants;

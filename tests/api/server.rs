@@ -1,0 +1,324 @@
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
+
+both_backends!(a_call_in_flight_when_shutdown_starts_completes);
+
+async fn health_client(app: &TestApp) -> HealthClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+}
+
+#[tokio::test]
+async fn health_is_serving_and_goes_not_serving_first_on_shutdown() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut health = health_client(&app).await;
+    for service in ["", "latchkey.v1.AuthService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "latchkey.v1.AuthService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    app.shutdown.cancel();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap();
+    assert_eq!(
+        next.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    drop(watch);
+    drop(health);
+    let mut app = app;
+    tokio::time::timeout(Duration::from_secs(3), app.stopped())
+        .await
+        .expect("shutdown does not wait for the grace period")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reflection_lists_the_service_in_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let app = spawn_app(Backend::Sqlite).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list")
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"latchkey.v1.AuthService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "latchkey.v1.AuthService".into(),
+            ),
+        ),
+    };
+    let mut responses = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    assert!(matches!(
+        response.message_response,
+        Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+    ));
+}
+
+/// Holds the database's write lock so the next write call blocks; the call
+/// is in flight when shutdown starts and must still complete.
+async fn a_call_in_flight_when_shutdown_starts_completes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let lock = app.hold_write_lock().await;
+
+    let api = app.api.clone();
+    let call = tokio::spawn(async move {
+        api.start_auth(latchkey::proto::StartAuthRequest {
+            email: "late@example.com".into(),
+            ..Default::default()
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !call.is_finished(),
+        "the call should be blocked on the lock"
+    );
+
+    app.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.release().await;
+
+    let response = call.await.unwrap().expect("in-flight call completes");
+    assert!(!response.session_id.is_empty());
+    let mut app = app;
+    app.stopped().await.expect("server exits cleanly");
+}
+
+#[tokio::test]
+async fn the_binary_exits_zero_on_sigterm() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = crate::helpers::TempDir::new();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .env("LATCHKEY_DATA_DIR", &dir.path)
+        .env("LATCHKEY_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("server log ended before serving");
+        if line.contains("latchkey is serving") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            break v["fields"]["grpc"].as_str().unwrap().to_owned();
+        }
+    };
+    // It answers...
+    let mut client =
+        latchkey::proto::auth_service_client::AuthServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+    client
+        .get_jwks(latchkey::proto::GetJwksRequest {})
+        .await
+        .unwrap();
+    // ...and stops cleanly on SIGTERM.
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn invalid_configuration_exits_non_zero_naming_the_setting() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .env("LATCHKEY_CODE_LENGTH", "4")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("code-length"));
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .env("LATCHKEY_ACCESS_TOKEN_TTL", "2h")
+        .env("LATCHKEY_SESSION_TTL", "1h")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LATCHKEY_ACCESS_TOKEN_TTL"));
+
+    let dir = crate::helpers::TempDir::new();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .env("LATCHKEY_DATA_DIR", &dir.path)
+        .env("LATCHKEY_KEY_ENCRYPTION_KEY", "too-short")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LATCHKEY_KEY_ENCRYPTION_KEY"));
+}
+
+/// The database goes away (a forwarder the test controls is cut): calls
+/// answer UNAVAILABLE on both transports, readiness flips to NOT_SERVING on
+/// both health surfaces, and everything recovers when it returns, without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_unavailable_and_not_ready_and_recovers() {
+    use crate::helpers::{Forwarder, TestDb};
+    let db = TestDb::new(Backend::Postgres).await;
+    let upstream: std::net::SocketAddr = {
+        let url = url_authority(&db.url);
+        tokio::net::lookup_host(url).await.unwrap().next().unwrap()
+    };
+    let forwarder = Forwarder::start(upstream).await;
+    let via_forwarder = db
+        .url
+        .replacen(&url_authority(&db.url), &forwarder.addr.to_string(), 1);
+    let app = spawn_app_with(Backend::Postgres, |s| {
+        s.database_url = Some(latchkey::config::Secret::new(via_forwarder));
+        s.database_acquire_timeout = Duration::from_millis(500);
+        s.readiness_interval = Duration::from_millis(100);
+    })
+    .await;
+    let http_api = crate::client::ApiClient::Http {
+        client: app.http.clone(),
+        base: app.http_base.clone(),
+        key: Some(app.key.clone()),
+    };
+    app.login("before@example.com").await;
+
+    forwarder.cut();
+    let grpc = app.start_auth("during@example.com").await.unwrap_err();
+    assert_eq!(grpc.code, "UNAVAILABLE");
+    grpc.assert_status(tonic::Code::Unavailable, 503);
+    let http = http_api
+        .start_auth(latchkey::proto::StartAuthRequest {
+            email: "during@example.com".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((http.code.as_str(), http.http), ("UNAVAILABLE", Some(503)));
+    wait_ready(&app, false).await;
+
+    forwarder.restore();
+    wait_ready(&app, true).await;
+    app.login("after@example.com").await;
+}
+
+/// Polls both health surfaces until they agree on `ready`.
+async fn wait_ready(app: &TestApp, ready: bool) {
+    let want_grpc = if ready {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    } as i32;
+    let want_http = if ready { 200 } else { 503 };
+    let mut health = health_client(app).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let grpc = health
+            .check(HealthCheckRequest {
+                service: "latchkey.v1.AuthService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        let http = app
+            .http
+            .get(format!("{}/readyz", app.http_base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if grpc == want_grpc && http == want_http {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never became {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `host:port` of a postgres URL.
+fn url_authority(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split('/').next().unwrap().to_owned()
+}

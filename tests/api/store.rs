@@ -1,0 +1,579 @@
+//! The store conformance suite: every store operation with a rule attached,
+//! on SQLite and on PostgreSQL, through the same API.
+
+use std::collections::HashSet;
+
+use latchkey::store::{
+    Hit, NewIdempotencyKey, NewMail, NewSession, NewSigningKey, SessionEnd, Store, StoreOptions,
+};
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestDb};
+
+both_backends!(
+    migrations_apply_twice_and_make_the_store_ready,
+    code_attempts_stop_exactly_at_the_limit_under_concurrency,
+    a_refresh_token_rotates_exactly_once_under_concurrency,
+    users_are_unique_per_tenant_and_address,
+    concurrent_outbox_claims_never_overlap_and_leases_expire,
+    signing_key_generations_are_unique,
+    ending_a_session_is_idempotent,
+    rate_counters_count_every_concurrent_hit_once,
+    an_idempotency_key_is_claimed_once_under_concurrency,
+    old_counters_and_expired_keys_are_purged,
+);
+
+async fn store(backend: Backend) -> (Store, TestDb) {
+    let db = TestDb::new(backend).await;
+    let store = Store::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    (store, db)
+}
+
+async fn insert_session(store: &Store, id: &str, tenant: &str) {
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_session(&NewSession {
+        id,
+        tenant_id: tenant,
+        email: "s@example.com",
+        method: "code",
+        code_hash: Some(&[7; 32]),
+        link_hash: None,
+        proof_expires_at: 10_000,
+        client_ip: None,
+        user_agent: None,
+        created_at: 1_000,
+        validation_url: None,
+        locale: "en",
+        mail_kind: "sign_in",
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn migrations_apply_twice_and_make_the_store_ready(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    assert_eq!(store.backend(), backend);
+    assert!(store.is_ready().await);
+    store.migrate().await.expect("migrating again is a no-op");
+    assert!(store.is_ready().await);
+}
+
+async fn code_attempts_stop_exactly_at_the_limit_under_concurrency(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    insert_session(&store, "s1", "default").await;
+
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                let got = tx
+                    .take_code_attempt("default", "s1", 2_000, 5)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                got.map(|a| a.attempts)
+            })
+        })
+        .collect();
+    let mut counted = Vec::new();
+    for t in tasks {
+        if let Some(n) = t.await.unwrap() {
+            counted.push(n);
+        }
+    }
+    counted.sort();
+    assert_eq!(counted, vec![1, 2, 3, 4, 5]);
+
+    // Expired proofs and other tenants' sessions cannot be attempted at all.
+    insert_session(&store, "s2", "default").await;
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        tx.take_code_attempt("default", "s2", 10_000, 5)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        tx.take_code_attempt("other", "s2", 2_000, 5)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_refresh_token_rotates_exactly_once_under_concurrency(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    insert_session(&store, "s1", "default").await;
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_refresh_token("default", "s1", &[1; 32], 1_000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let tasks: Vec<_> = (0..8u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                let won = tx
+                    .rotate_refresh_token("default", &[1; 32], &[i; 8], 2_000)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                won
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        if t.await.unwrap().is_some() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+    let row = store
+        .find_refresh_token("default", &[1; 32])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.rotated_at, Some(2_000));
+    assert!(
+        store
+            .find_refresh_token("other", &[1; 32])
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn users_are_unique_per_tenant_and_address(backend: Backend) {
+    let (store, db) = store(backend).await;
+    // A second tenant (the tenants issue adds an API for this).
+    let pool = match backend {
+        Backend::Sqlite => {
+            crate::helpers::TestPool::Sqlite(sqlx::SqlitePool::connect(&db.url).await.unwrap())
+        }
+        Backend::Postgres => {
+            crate::helpers::TestPool::Postgres(sqlx::PgPool::connect(&db.url).await.unwrap())
+        }
+    };
+    pool.exec("INSERT INTO tenants (id, name, created_at) VALUES ('other', 'Other', 0)")
+        .await;
+    pool.close().await;
+
+    let mut tx = store.begin().await.unwrap();
+    let (a, created_a) = tx
+        .find_or_create_user("default", "u@example.com", "id-a", 1)
+        .await
+        .unwrap();
+    let (b, created_b) = tx
+        .find_or_create_user("default", "u@example.com", "id-b", 2)
+        .await
+        .unwrap();
+    let (c, created_c) = tx
+        .find_or_create_user("other", "u@example.com", "id-c", 3)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    assert!(created_a && !created_b && created_c);
+    assert_eq!(a, b);
+    assert_eq!((a.id.as_str(), a.created_at), ("id-a", 1));
+    assert_eq!(c.id, "id-c");
+}
+
+async fn concurrent_outbox_claims_never_overlap_and_leases_expire(backend: Backend) {
+    let (store, db) = store(backend).await;
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..30 {
+        let id = format!("m{i:02}");
+        tx.enqueue_mail(&NewMail {
+            id: &id,
+            tenant_id: "default",
+            session_id: None,
+            kind: "sign_in_code",
+            recipient: "r@example.com",
+            payload_sealed: Some(b"sealed"),
+            created_at: 1_000,
+            deliver: true,
+            notify: true,
+        })
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let batch = store.claim_mail(1_000, 60_000, 4).await.unwrap();
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch.into_iter().map(|m| m.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let distinct: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), 30, "every message claimed once");
+    assert_eq!(distinct.len(), 30);
+
+    // Leased messages are not due again until the lease ends...
+    assert!(
+        store
+            .claim_mail(59_999, 120_000, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // ...outcomes are recorded (failures only by the current claim: attempts 1)...
+    store.mark_mail_sent("m00", 2_000, None).await.unwrap();
+    store
+        .mark_mail_dead("m01", 1, "550 no such user")
+        .await
+        .unwrap();
+    store
+        .reschedule_mail("m02", 1, 500_000, "timeout")
+        .await
+        .unwrap();
+    // ...then a crashed worker's claims come back, counting the attempt.
+    let again = store.claim_mail(60_000, 120_000, 100).await.unwrap();
+    assert_eq!(again.len(), 27);
+    assert!(again.iter().all(|m| m.attempts == 2));
+    assert!(again.iter().all(|m| m.payload_sealed.is_some()));
+    // A stale claim (attempt 1) can no longer reschedule or kill them.
+    store.reschedule_mail("m03", 1, 0, "stale").await.unwrap();
+    store.mark_mail_dead("m04", 1, "stale").await.unwrap();
+    let counts = store.outbox_counts().await.unwrap();
+    assert_eq!((counts.queued, counts.sent, counts.dead), (28, 1, 1));
+    assert!(
+        store
+            .claim_mail(60_001, 120_000, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A sent message no longer holds its sealed payload; a dead one keeps it
+    // so it can be queued again.
+    let pool = crate::helpers::TestPool::connect(&db).await;
+    let kept = pool
+        .strings("SELECT id FROM outbox WHERE payload_sealed IS NOT NULL ORDER BY id")
+        .await;
+    pool.close().await;
+    assert!(!kept.contains(&"m00".to_owned()) && kept.contains(&"m01".to_owned()));
+    assert_eq!(kept.len(), 29);
+    assert_eq!(store.outbox_list("dead", 10).await.unwrap()[0].id, "m01");
+    assert_eq!(store.requeue_dead(Some("m01"), 60_001).await.unwrap(), 1);
+    assert_eq!(store.requeue_dead(None, 60_001).await.unwrap(), 0);
+    let requeued = store.claim_mail(60_001, 120_000, 100).await.unwrap();
+    assert_eq!(requeued.len(), 1);
+    assert_eq!((requeued[0].id.as_str(), requeued[0].attempts), ("m01", 1));
+}
+
+async fn signing_key_generations_are_unique(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let key = |kid: &'static str, generation| NewSigningKey {
+        tenant_id: "default",
+        generation,
+        kid,
+        alg: "EdDSA",
+        private_key_sealed: b"sealed",
+        created_at: 1,
+        activates_at: 1,
+    };
+    assert!(store.insert_signing_key(&key("k1", 1), 100).await.unwrap());
+    assert!(
+        !store
+            .insert_signing_key(&key("k1-rival", 1), 100)
+            .await
+            .unwrap()
+    );
+    assert!(store.insert_signing_key(&key("k2", 2), 500).await.unwrap());
+
+    let published = store.published_signing_keys("default", 499).await.unwrap();
+    assert_eq!(
+        published.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+        ["k1", "k2"]
+    );
+    assert_eq!(published[0].published_until, Some(500));
+    let later = store.published_signing_keys("default", 500).await.unwrap();
+    assert_eq!(
+        later.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+        ["k2"]
+    );
+    assert_eq!(store.all_signing_keys("default").await.unwrap().len(), 2);
+}
+
+async fn ending_a_session_is_idempotent(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    insert_session(&store, "s1", "default").await;
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        !tx.end_session("other", "s1", SessionEnd::Revoked, 5)
+            .await
+            .unwrap()
+    );
+    assert!(
+        tx.end_session("default", "s1", SessionEnd::Revoked, 5)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tx.end_session("default", "s1", SessionEnd::Revoked, 6)
+            .await
+            .unwrap()
+    );
+    let status = tx.session_status("default", "s1").await.unwrap().unwrap();
+    assert_eq!(status.state, "ended");
+    assert_eq!(status.end_reason.as_deref(), Some("revoked"));
+    tx.commit().await.unwrap();
+}
+
+async fn rate_counters_count_every_concurrent_hit_once(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                // Every call hits "a"; each also hits one of three others.
+                let shard = format!("t:{}", i % 3);
+                let hits = [
+                    Hit {
+                        key: "a",
+                        window_start: 60_000,
+                    },
+                    Hit {
+                        key: &shard,
+                        window_start: 60_000,
+                    },
+                ];
+                let counts = tx.hit("default", &hits, 61_000 + i).await.unwrap();
+                tx.commit().await.unwrap();
+                counts.into_iter().find(|(k, _)| k == "a").unwrap().1
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (1..=10).collect::<Vec<_>>(),
+        "each hit sees its own count"
+    );
+
+    let mut tx = store.begin().await.unwrap();
+    let mut others = 0;
+    for shard in ["t:0", "t:1", "t:2"] {
+        others += tx
+            .lock_counter("default", shard, 60_000)
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+    }
+    assert_eq!(others, 10);
+    assert!(
+        tx.lock_counter("other", "a", 60_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "another tenant"
+    );
+    let (count, last_at) = tx
+        .lock_counter("default", "a", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(count, 10);
+    assert!((61_000..61_010).contains(&last_at));
+    assert!(tx.lock_counter("default", "a", 0).await.unwrap().is_none());
+    // A rolled-back hit counts nothing.
+    tx.hit(
+        "default",
+        &[Hit {
+            key: "a",
+            window_start: 60_000,
+        }],
+        62_000,
+    )
+    .await
+    .unwrap();
+    drop(tx);
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.lock_counter("default", "a", 60_000)
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        10
+    );
+    drop(tx);
+
+    // Adding outside a call: concurrent adds all land, each sees a total.
+    let adds: Vec<_> = (1..=4)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .add_to_counter("default", "tenant", 60_000, n, 61_000)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut totals = Vec::new();
+    for add in adds {
+        totals.push(add.await.unwrap());
+    }
+    assert_eq!(totals.iter().max(), Some(&10), "{totals:?}");
+    assert_eq!(
+        store
+            .add_to_counter("default", "tenant", 60_000, 0, 61_000)
+            .await
+            .unwrap(),
+        10
+    );
+    assert_eq!(
+        store
+            .add_to_counter("default", "tenant", 120_000, 0, 121_000)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// An idempotency key claimed at `now` for a session whose proof expires
+/// ten minutes later.
+fn key<'a>(
+    key: &'a str,
+    request_hash: &'a [u8],
+    session_id: &'a str,
+    now: i64,
+    expires_at: i64,
+) -> NewIdempotencyKey<'a> {
+    NewIdempotencyKey {
+        key,
+        request_hash,
+        session_id,
+        answer_expires_at: now + 600_000,
+        now,
+        expires_at,
+    }
+}
+
+async fn an_idempotency_key_is_claimed_once_under_concurrency(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    for i in 0..6 {
+        insert_session(&store, &format!("s{i}"), "default").await;
+    }
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                let session_id = format!("s{i}");
+                let won = tx
+                    .claim_idempotency_key(
+                        "default",
+                        &key("k1", &[i as u8], &session_id, 1_000, 5_000),
+                    )
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                won.then_some(i)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        winners.extend(t.await.unwrap());
+    }
+    assert_eq!(winners.len(), 1, "exactly one claim wins: {winners:?}");
+    let mut tx = store.begin().await.unwrap();
+    let first = tx
+        .existing_idempotency_key("default", "k1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.session_id, format!("s{}", winners[0]));
+    assert_eq!(first.request_hash, vec![winners[0] as u8]);
+    assert_eq!(first.answer_expires_at, 1_000 + 600_000);
+    assert!(
+        tx.existing_idempotency_key("other", "k1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Once expired, the key can be taken again.
+    assert!(
+        tx.claim_idempotency_key("default", &key("k1", &[9], "s5", 5_000, 9_000))
+            .await
+            .unwrap()
+    );
+}
+
+async fn old_counters_and_expired_keys_are_purged(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    insert_session(&store, "s1", "default").await;
+    let mut tx = store.begin().await.unwrap();
+    for window_start in [0, 60_000, 120_000] {
+        tx.hit(
+            "default",
+            &[Hit {
+                key: "a",
+                window_start,
+            }],
+            window_start,
+        )
+        .await
+        .unwrap();
+    }
+    tx.claim_idempotency_key("default", &key("old", &[1], "s1", 0, 100_000))
+        .await
+        .unwrap();
+    tx.claim_idempotency_key("default", &key("new", &[1], "s1", 0, 200_000))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // Windows starting before 60 000 and keys expired by 150 000 go.
+    assert_eq!(store.purge_limits(60_000, 150_000).await.unwrap(), 2);
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.lock_counter("default", "a", 0).await.unwrap().is_none());
+    assert!(
+        tx.lock_counter("default", "a", 60_000)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        tx.existing_idempotency_key("default", "old")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        tx.existing_idempotency_key("default", "new")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
