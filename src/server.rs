@@ -233,6 +233,8 @@ impl Server {
     /// in-flight calls finish (bounded by the shutdown grace), background
     /// work stops after its current item, and the pool closes.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // The recorder counts from the first call on, not the first scrape.
+        crate::metrics::handle();
         let Self {
             settings,
             grpc_listener,

@@ -77,22 +77,30 @@ pub fn init(filter: &str, format: LogFormat) -> Telemetry {
             None
         }
     });
+    // Spans are exported at info and above whatever the log filter says
+    // (LATCHKEY_LOG=warn must not switch tracing off).
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("latchkey"))
             .with_error_records_to_exceptions(true)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry().with(otel);
     let installed = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()
                     .event_format(JsonLines)
                     .fmt_fields(fmt::format::JsonFields::new())
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
             )
             .try_init(),
     };

@@ -59,6 +59,16 @@ pub struct Counter {
 }
 
 impl Counter {
+    /// The limit this counter enforces, as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self.key.split(':').next() {
+            Some("send") => "email",
+            Some("ip") => "ip",
+            Some("fail") => "wrong_codes",
+            _ => "other",
+        }
+    }
+
     /// Milliseconds until this counter's window ends.
     pub fn retry_after(&self, now: UnixMillis) -> Duration {
         let end = self.window_start + millis(self.window);
@@ -280,14 +290,21 @@ impl Refusals {
         tenant_id: &str,
         counters: &[Counter],
         now: UnixMillis,
-    ) -> Option<Duration> {
+    ) -> Option<(Duration, &'static str)> {
         let until = self.until.lock().expect("refusals lock");
         counters
             .iter()
-            .filter_map(|c| until.get(&Self::name(tenant_id, c)))
-            .filter(|&&end| end > now)
-            .max()
-            .map(|&end| Duration::from_millis(u64::try_from(end - now).unwrap_or(1)))
+            .filter_map(|c| {
+                until
+                    .get(&Self::name(tenant_id, c))
+                    .map(|&end| (end, c.kind()))
+            })
+            .filter(|&(end, _)| end > now)
+            .max_by_key(|&(end, _)| end)
+            .map(|(end, kind)| {
+                let wait = Duration::from_millis(u64::try_from(end - now).unwrap_or(1));
+                (wait, kind)
+            })
     }
 
     /// Remembers that `counter` is over its limit.
@@ -427,7 +444,7 @@ mod tests {
         refusals.remember("t", &c[0], 100_000);
         assert_eq!(
             refusals.check("t", &c, 100_000),
-            Some(Duration::from_millis(800_000))
+            Some((Duration::from_millis(800_000), "email"))
         );
         assert_eq!(refusals.check("other", &c, 100_000), None);
         assert_eq!(refusals.check("t", &c, 900_000), None);

@@ -25,6 +25,7 @@ use crate::{
     error::AuthError,
     kek::Kek,
     mail::{self, SignInPayload},
+    metrics,
     store::{NewIdempotencyKey, NewMail, NewSession, SessionEnd, Store},
 };
 use apikeys::{ApiKeys, Scope};
@@ -488,6 +489,10 @@ impl AuthService {
         inner.ceiling.record(&tenant.id, now);
         inner.outbox_wake.notify_one();
         tracing::info!(email = %email.masked(), method = method.as_str(), "login started");
+        metrics::count(metrics::LOGINS_STARTED, "method", method.as_str());
+        if kind != mail::KIND_SUPPRESSED {
+            metrics::count(metrics::EMAILS, "event", "queued");
+        }
 
         Ok(Started {
             session_id,
@@ -577,6 +582,10 @@ impl AuthService {
         inner.ceiling.record(&tenant.id, now);
         inner.outbox_wake.notify_one();
         tracing::info!("login email sent again");
+        ::metrics::counter!(metrics::CODES_RESENT).increment(1);
+        if kind != mail::KIND_SUPPRESSED {
+            metrics::count(metrics::EMAILS, "event", "queued");
+        }
         Ok(Started {
             session_id,
             expires_at,
@@ -593,7 +602,10 @@ impl AuthService {
         now: UnixMillis,
     ) -> Result<(), AuthError> {
         match self.inner.refusals.check(&tenant.id, counters, now) {
-            Some(wait) => Err(AuthError::RateLimited(wait)),
+            Some((wait, limit)) => {
+                metrics::count(metrics::RATE_LIMITED, "limit", limit);
+                Err(AuthError::RateLimited(wait))
+            }
             None => Ok(()),
         }
     }
@@ -616,6 +628,7 @@ impl AuthService {
                 .check(&tenant.id, tenant.policy.limits.per_tenant_minute, now)
         {
             tracing::info!(limit = "tenant", "rate limited");
+            metrics::count(metrics::RATE_LIMITED, "limit", "tenant");
             return Err(AuthError::RateLimited(wait));
         }
         let hits: Vec<crate::store::Hit<'_>> = counters
@@ -633,7 +646,8 @@ impl AuthService {
                 .map_or(0, |(_, n)| *n);
             if i64::from(count) > i64::from(counter.limit) {
                 inner.refusals.remember(&tenant.id, counter, now);
-                tracing::info!(limit = %counter.key.split(':').next().unwrap_or_default(), "rate limited");
+                tracing::info!(limit = counter.kind(), "rate limited");
+                metrics::count(metrics::RATE_LIMITED, "limit", counter.kind());
                 return Err(AuthError::RateLimited(counter.retry_after(now)));
             }
         }
@@ -718,6 +732,35 @@ impl AuthService {
     /// any number of racing attempts with the right code exactly one wins.
     #[tracing::instrument(name = "verify", skip_all, fields(tenant = %tenant.id, session_id))]
     pub async fn verify(&self, tenant: &Tenant, proof: VerifyProof) -> Result<Verified, AuthError> {
+        let kind = if proof.link_token.trim().is_empty() {
+            "code"
+        } else {
+            "link"
+        };
+        let mut expired = false;
+        let result = self.check_proof(tenant, proof, &mut expired).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(AuthError::CodeInvalid) if expired => "expired",
+            Err(AuthError::CodeInvalid) => "invalid",
+            Err(AuthError::TooManyAttempts) => "too_many_attempts",
+            Err(AuthError::RateLimited(_)) => "rate_limited",
+            Err(_) => "error",
+        };
+        ::metrics::counter!(metrics::VERIFICATIONS, "proof" => kind, "result" => outcome)
+            .increment(1);
+        result
+    }
+
+    /// [`Self::verify`] without the metrics; sets `expired` when a code is
+    /// refused because its time is up (the caller is told CODE_INVALID all
+    /// the same).
+    async fn check_proof(
+        &self,
+        tenant: &Tenant,
+        proof: VerifyProof,
+        expired: &mut bool,
+    ) -> Result<Verified, AuthError> {
         let has_code = !proof.code.trim().is_empty();
         let has_link = !proof.link_token.trim().is_empty();
         if has_code && has_link {
@@ -745,6 +788,9 @@ impl AuthService {
             // Nothing was counted; say why only when the session was ended
             // by its own attempt limit (not an oracle for the code).
             let status = tx.session_status(&tenant.id, &session_id).await?;
+            *expired = status
+                .as_ref()
+                .is_some_and(|s| s.state == "pending" && s.proof_expires_at <= now);
             return match status {
                 Some(s)
                     if s.end_reason.as_deref() == Some(SessionEnd::TooManyAttempts.as_str()) =>
@@ -777,6 +823,7 @@ impl AuthService {
             if now < open_at {
                 // Rolled back: this attempt is not counted anywhere.
                 tracing::info!("verification backing off: wrong-code budget spent");
+                metrics::count(metrics::RATE_LIMITED, "limit", "wrong_codes");
                 return Err(AuthError::RateLimited(Duration::from_millis(
                     u64::try_from(open_at - now).unwrap_or(1),
                 )));
@@ -904,6 +951,27 @@ impl AuthService {
     /// minted); after it, the whole session ends.
     #[tracing::instrument(name = "refresh", skip_all, fields(tenant = %tenant.id, session_id))]
     pub async fn refresh(&self, tenant: &Tenant, refresh_token: &str) -> Result<Tokens, AuthError> {
+        let mut retried = false;
+        let result = self.rotate(tenant, refresh_token, &mut retried).await;
+        let outcome = match &result {
+            Ok(_) if retried => "retried",
+            Ok(_) => "ok",
+            Err(AuthError::RefreshTokenInvalid) => "invalid",
+            Err(AuthError::RefreshTokenReused) => "reused",
+            Err(_) => "error",
+        };
+        metrics::count(metrics::REFRESHES, "result", outcome);
+        result
+    }
+
+    /// [`Self::refresh`] without the metrics; sets `retried` when the answer
+    /// is the successor already issued (a retry inside the grace window).
+    async fn rotate(
+        &self,
+        tenant: &Tenant,
+        refresh_token: &str,
+        retried: &mut bool,
+    ) -> Result<Tokens, AuthError> {
         let inner = &self.inner;
         let presented = RefreshToken::parse(refresh_token, "refresh_token")?;
         let presented_hash = presented.hash();
@@ -986,6 +1054,7 @@ impl AuthService {
                 expires_at,
             )?;
             tracing::info!("refresh token retried within the grace window");
+            *retried = true;
             return Ok(Tokens {
                 access_token,
                 expires_in,

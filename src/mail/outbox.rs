@@ -146,6 +146,8 @@ impl OutboxWorker {
         if let Err(e) = self.store.record_outcomes(&outcomes).await {
             // The leases run out and the messages are tried again.
             tracing::warn!(error = %e, "outbox: recording the outcomes failed");
+        } else {
+            count_outcomes(&outcomes);
         }
         Ok(claimed)
     }
@@ -322,4 +324,19 @@ impl OutboxWorker {
         let half = full / 2;
         half + half.mul_f64(rand::random::<f64>())
     }
+}
+
+/// Counts recorded outcomes in the `latchkey_emails_total` metric.
+fn count_outcomes(outcomes: &[Outcome]) {
+    let (mut sent, mut retried, mut dead) = (0, 0, 0);
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Sent { .. } => sent += 1,
+            Outcome::Retry { .. } => retried += 1,
+            Outcome::Dead { .. } => dead += 1,
+        }
+    }
+    crate::metrics::count_n(crate::metrics::EMAILS, "event", "sent", sent);
+    crate::metrics::count_n(crate::metrics::EMAILS, "event", "retried", retried);
+    crate::metrics::count_n(crate::metrics::EMAILS, "event", "dead", dead);
 }

@@ -99,6 +99,7 @@ impl SmtpClient {
         })
     }
 
+    #[tracing::instrument(name = "smtp connect", skip_all)]
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
         let tcp = tokio::time::timeout(
             self.timeout,
@@ -174,6 +175,11 @@ impl SmtpClient {
     }
 
     /// Sends one message; the connection goes back to the pool if healthy.
+    #[tracing::instrument(
+        name = "smtp",
+        skip_all,
+        fields(otel.name = "smtp send", otel.kind = "client", server.address = %self.host, server.port = self.port)
+    )]
     pub async fn send(
         &self,
         from: Option<Address>,

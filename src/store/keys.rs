@@ -48,7 +48,7 @@ impl Store {
         tenant_id: &str,
         now: UnixMillis,
     ) -> Result<Vec<SigningKeyRow>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "published_signing_keys", |pool| {
             sqlx::query_as::<_, SigningKeyRow>(PUBLISHED_KEYS)
                 .bind(tenant_id)
                 .bind(now)
@@ -59,7 +59,7 @@ impl Store {
 
     /// Every key ever made for the tenant, oldest first.
     pub async fn all_signing_keys(&self, tenant_id: &str) -> Result<Vec<SigningKeyRow>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "all_signing_keys", |pool| {
             sqlx::query_as::<_, SigningKeyRow>(ALL_KEYS)
                 .bind(tenant_id)
                 .fetch_all(pool)
@@ -77,7 +77,7 @@ impl Store {
         retire_older_at: UnixMillis,
     ) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let inserted = super::on_tx!(tx, |conn| {
+        let inserted = super::on_tx!(tx, "insert_signing_key", |conn| {
             sqlx::query(INSERT_KEY)
                 .bind(key.tenant_id)
                 .bind(key.generation)
@@ -93,7 +93,7 @@ impl Store {
         if inserted == 0 {
             return Ok(false);
         }
-        super::on_tx!(tx, |conn| {
+        super::on_tx!(tx, "insert_signing_key", |conn| {
             sqlx::query(RETIRE_OLDER_KEYS)
                 .bind(key.tenant_id)
                 .bind(key.generation)

@@ -96,7 +96,7 @@ impl Tx {
             return Ok(Vec::new());
         }
         let sql = UPSERT[hits.len().min(3) - 1];
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "hit", |conn| {
             let mut q = sqlx::query_as::<_, (String, i32)>(sql)
                 .bind(tenant_id)
                 .bind(now);
@@ -119,7 +119,7 @@ impl Tx {
             super::TxInner::Postgres(_) => COUNTER_FOR_UPDATE,
             super::TxInner::Sqlite(_) => COUNTER,
         };
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "lock_counter", |conn| {
             sqlx::query_as::<_, (i32, UnixMillis)>(sql)
                 .bind(tenant_id)
                 .bind(key)
@@ -137,7 +137,7 @@ impl Tx {
         tenant_id: &str,
         k: &NewIdempotencyKey<'_>,
     ) -> Result<bool> {
-        let claimed = on_tx!(self, |conn| {
+        let claimed = on_tx!(self, "claim_idempotency_key", |conn| {
             sqlx::query_scalar::<_, String>(CLAIM_KEY)
                 .bind(tenant_id)
                 .bind(k.key)
@@ -157,7 +157,7 @@ impl Tx {
         tenant_id: &str,
         key: &str,
     ) -> Result<Option<ExistingKey>> {
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "existing_idempotency_key", |conn| {
             sqlx::query_as::<_, ExistingKey>(EXISTING_KEY)
                 .bind(tenant_id)
                 .bind(key)
@@ -178,7 +178,7 @@ impl Store {
         n: i32,
         now: UnixMillis,
     ) -> Result<i64> {
-        let total = on_pool!(self, |pool| {
+        let total = on_pool!(self, "add_to_counter", |pool| {
             sqlx::query_scalar::<_, i32>(ADD_TO_COUNTER)
                 .bind(tenant_id)
                 .bind(key)
@@ -194,14 +194,14 @@ impl Store {
     /// Deletes counters of windows that ended before `before` and expired
     /// idempotency keys. Returns how many rows went.
     pub async fn purge_limits(&self, before: UnixMillis, now: UnixMillis) -> Result<u64> {
-        let counters = on_pool!(self, |pool| {
+        let counters = on_pool!(self, "purge_limits", |pool| {
             sqlx::query(PURGE_COUNTERS)
                 .bind(before)
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected())
         })?;
-        let keys = on_pool!(self, |pool| {
+        let keys = on_pool!(self, "purge_limits", |pool| {
             sqlx::query(PURGE_KEYS)
                 .bind(now)
                 .execute(pool)

@@ -84,33 +84,68 @@ pub struct Store {
 }
 
 /// Runs `$body` with `$conn` bound to the pool of whichever backend the store
-/// uses. The body is compiled once per backend, so the same query text and
-/// binds serve both.
+/// uses, in a `db` span named `$op` (a child of the RPC's span in traces).
+/// The body is compiled once per backend, so the same query text and binds
+/// serve both.
 macro_rules! on_pool {
-    ($store:expr, |$conn:ident| $body:expr) => {
+    ($store:expr, $op:literal, |$conn:ident| $body:expr) => {
         match &$store.pool {
-            crate::store::Pool::Postgres($conn) => $body,
-            crate::store::Pool::Sqlite($conn) => $body,
+            crate::store::Pool::Postgres($conn) => {
+                tracing::Instrument::instrument(
+                    async { $body },
+                    crate::store::db_span!($op, "postgresql"),
+                )
+                .await
+            }
+            crate::store::Pool::Sqlite($conn) => {
+                tracing::Instrument::instrument(
+                    async { $body },
+                    crate::store::db_span!($op, "sqlite"),
+                )
+                .await
+            }
         }
     };
 }
 
 /// Like [`on_pool!`], inside a transaction.
 macro_rules! on_tx {
-    ($tx:expr, |$conn:ident| $body:expr) => {
+    ($tx:expr, $op:literal, |$conn:ident| $body:expr) => {
         match &mut $tx.inner {
             crate::store::TxInner::Postgres(tx) => {
                 let $conn = &mut **tx;
-                $body
+                tracing::Instrument::instrument(
+                    async { $body },
+                    crate::store::db_span!($op, "postgresql"),
+                )
+                .await
             }
             crate::store::TxInner::Sqlite(tx) => {
                 let $conn = &mut **tx;
-                $body
+                tracing::Instrument::instrument(
+                    async { $body },
+                    crate::store::db_span!($op, "sqlite"),
+                )
+                .await
             }
         }
     };
 }
-pub(crate) use {on_pool, on_tx};
+
+/// The span of one database statement (OpenTelemetry database conventions;
+/// the operation is the store method, never a value).
+macro_rules! db_span {
+    ($op:literal, $system:literal) => {
+        tracing::info_span!(
+            "db",
+            otel.name = concat!("db ", $op),
+            otel.kind = "client",
+            db.system.name = $system,
+            db.operation.name = $op,
+        )
+    };
+}
+pub(crate) use {db_span, on_pool, on_tx};
 
 /// One database transaction. Dropping it without [`Tx::commit`] rolls back.
 pub struct Tx {
@@ -124,9 +159,14 @@ enum TxInner {
 
 impl Tx {
     pub async fn commit(self) -> Result<()> {
+        use tracing::Instrument;
         match self.inner {
-            TxInner::Postgres(tx) => tx.commit().await?,
-            TxInner::Sqlite(tx) => tx.commit().await?,
+            TxInner::Postgres(tx) => {
+                tx.commit()
+                    .instrument(db_span!("commit", "postgresql"))
+                    .await?
+            }
+            TxInner::Sqlite(tx) => tx.commit().instrument(db_span!("commit", "sqlite")).await?,
         }
         Ok(())
     }
@@ -219,7 +259,7 @@ impl Store {
         let latest = self.migrator().iter().map(|m| m.version).max().unwrap_or(0);
         const APPLIED: &str =
             "SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success = TRUE";
-        let applied: std::result::Result<i64, _> = on_pool!(self, |pool| {
+        let applied: std::result::Result<i64, _> = on_pool!(self, "is_ready", |pool| {
             sqlx::query_scalar::<_, i64>(APPLIED).fetch_one(pool).await
         });
         matches!(applied, Ok(v) if v >= latest)
@@ -229,9 +269,18 @@ impl Store {
     /// (`BEGIN IMMEDIATE`), so a transaction that reads before it writes
     /// cannot fail to upgrade its lock; waiting uses the busy timeout.
     pub async fn begin(&self) -> Result<Tx> {
+        use tracing::Instrument;
         let inner = match &self.pool {
-            Pool::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
-            Pool::Sqlite(pool) => TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(pool) => TxInner::Postgres(
+                pool.begin()
+                    .instrument(db_span!("begin", "postgresql"))
+                    .await?,
+            ),
+            Pool::Sqlite(pool) => TxInner::Sqlite(
+                pool.begin_with("BEGIN IMMEDIATE")
+                    .instrument(db_span!("begin", "sqlite"))
+                    .await?,
+            ),
         };
         Ok(Tx { inner })
     }

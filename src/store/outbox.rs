@@ -157,7 +157,7 @@ impl Tx {
         {
             sqlx::query(NOTIFY).execute(&mut **tx).await?;
         }
-        on_tx!(self, |conn| {
+        on_tx!(self, "enqueue_mail", |conn| {
             sqlx::query(ENQUEUE)
                 .bind(m.id)
                 .bind(m.tenant_id)
@@ -188,7 +188,7 @@ impl Store {
             super::Backend::Sqlite => CLAIM_SQLITE,
         };
         let mut tx = self.begin().await?;
-        let claimed = on_tx!(tx, |conn| {
+        let claimed = on_tx!(tx, "claim_mail", |conn| {
             sqlx::query_as::<_, ClaimedMail>(sql)
                 .bind(now)
                 .bind(lease_until)
@@ -207,7 +207,7 @@ impl Store {
         for outcome in outcomes {
             match outcome {
                 Outcome::Sent { id, at, extend } => {
-                    on_tx!(tx, |conn| {
+                    on_tx!(tx, "record_outcomes", |conn| {
                         sqlx::query(MARK_SENT)
                             .bind(id)
                             .bind(*at)
@@ -225,7 +225,7 @@ impl Store {
                     at,
                     error,
                 } => {
-                    on_tx!(tx, |conn| {
+                    on_tx!(tx, "record_outcomes", |conn| {
                         sqlx::query(RESCHEDULE)
                             .bind(id)
                             .bind(*at)
@@ -241,7 +241,7 @@ impl Store {
                     attempts,
                     error,
                 } => {
-                    on_tx!(tx, |conn| {
+                    on_tx!(tx, "record_outcomes", |conn| {
                         sqlx::query(MARK_DEAD)
                             .bind(id)
                             .bind(error)
@@ -259,7 +259,7 @@ impl Store {
 
     /// Messages in `state`, oldest first.
     pub async fn outbox_list(&self, state: &str, limit: i64) -> Result<Vec<OutboxRow>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "outbox_list", |pool| {
             sqlx::query_as::<_, OutboxRow>(LIST)
                 .bind(state)
                 .bind(limit)
@@ -271,7 +271,7 @@ impl Store {
     /// Queues dead messages again (one, or all when `id` is `None`).
     /// Returns how many.
     pub async fn requeue_dead(&self, id: Option<&str>, now: UnixMillis) -> Result<u64> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "requeue_dead", |pool| {
             match id {
                 Some(id) => {
                     sqlx::query(REQUEUE_DEAD)
@@ -343,7 +343,7 @@ impl Store {
 
     /// How many emails wait to be sent, and since when the oldest.
     pub async fn outbox_backlog(&self) -> Result<(i64, Option<UnixMillis>)> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "outbox_backlog", |pool| {
             sqlx::query_as::<_, (i64, Option<UnixMillis>)>(BACKLOG)
                 .fetch_one(pool)
                 .await
@@ -351,7 +351,7 @@ impl Store {
     }
 
     pub async fn outbox_counts(&self) -> Result<OutboxCounts> {
-        let rows: Vec<(String, i64)> = on_pool!(self, |pool| {
+        let rows: Vec<(String, i64)> = on_pool!(self, "outbox_counts", |pool| {
             sqlx::query_as::<_, (String, i64)>(COUNTS)
                 .fetch_all(pool)
                 .await

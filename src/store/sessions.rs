@@ -79,6 +79,7 @@ pub struct LinkedSession {
 pub struct SessionStatus {
     pub state: String,
     pub end_reason: Option<String>,
+    pub proof_expires_at: UnixMillis,
 }
 
 /// An active session, as a refresh sees it.
@@ -162,8 +163,7 @@ const TAKE_LINK: &str = "UPDATE auth_sessions SET attempts = attempts \
 const EXTEND_PROOF: &str = "UPDATE auth_sessions SET proof_expires_at = $2 \
     WHERE id = $1 AND tenant_id = $3 AND state = 'pending' AND proof_expires_at < $2";
 
-const SESSION_STATUS: &str =
-    "SELECT state, end_reason FROM auth_sessions WHERE id = $1 AND tenant_id = $2";
+const SESSION_STATUS: &str = "SELECT state, end_reason, proof_expires_at FROM auth_sessions WHERE id = $1 AND tenant_id = $2";
 
 const ACTIVATE_SESSION: &str = "UPDATE auth_sessions \
     SET state = 'active', user_id = $3, verified_at = $4, expires_at = $5, code_hash = NULL, link_hash = NULL \
@@ -202,7 +202,7 @@ const SESSION_OF_REFRESH_TOKEN: &str =
 
 impl Tx {
     pub async fn insert_session(&mut self, s: &NewSession<'_>) -> Result<()> {
-        on_tx!(self, |conn| {
+        on_tx!(self, "insert_session", |conn| {
             sqlx::query(INSERT_SESSION)
                 .bind(s.id)
                 .bind(s.tenant_id)
@@ -234,7 +234,7 @@ impl Tx {
         now: UnixMillis,
         max_attempts: i32,
     ) -> Result<Option<CodeAttempt>> {
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "take_code_attempt", |conn| {
             sqlx::query_as::<_, CodeAttempt>(TAKE_CODE_ATTEMPT)
                 .bind(session_id)
                 .bind(tenant_id)
@@ -251,7 +251,7 @@ impl Tx {
         tenant_id: &str,
         session_id: &str,
     ) -> Result<Option<PendingSession>> {
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "lock_pending_session", |conn| {
             sqlx::query_as::<_, PendingSession>(LOCK_PENDING)
                 .bind(session_id)
                 .bind(tenant_id)
@@ -269,7 +269,7 @@ impl Tx {
         link_hash: Option<&[u8]>,
         proof_expires_at: UnixMillis,
     ) -> Result<()> {
-        on_tx!(self, |conn| {
+        on_tx!(self, "replace_proofs", |conn| {
             sqlx::query(REPLACE_PROOFS)
                 .bind(session_id)
                 .bind(tenant_id)
@@ -292,7 +292,7 @@ impl Tx {
         reason: SessionEnd,
         now: UnixMillis,
     ) -> Result<u64> {
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "end_user_sessions", |conn| {
             sqlx::query(END_USER_SESSIONS)
                 .bind(tenant_id)
                 .bind(user_id)
@@ -312,7 +312,7 @@ impl Tx {
         link_hash: &[u8],
         now: UnixMillis,
     ) -> Result<Option<LinkedSession>> {
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "take_link", |conn| {
             sqlx::query_as::<_, LinkedSession>(TAKE_LINK)
                 .bind(link_hash)
                 .bind(tenant_id)
@@ -329,7 +329,7 @@ impl Tx {
         session_id: &str,
         until: UnixMillis,
     ) -> Result<()> {
-        on_tx!(self, |conn| {
+        on_tx!(self, "extend_proof", |conn| {
             sqlx::query(EXTEND_PROOF)
                 .bind(session_id)
                 .bind(until)
@@ -346,7 +346,7 @@ impl Tx {
         tenant_id: &str,
         session_id: &str,
     ) -> Result<Option<SessionStatus>> {
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "session_status", |conn| {
             sqlx::query_as::<_, SessionStatus>(SESSION_STATUS)
                 .bind(session_id)
                 .bind(tenant_id)
@@ -365,7 +365,7 @@ impl Tx {
         now: UnixMillis,
         expires_at: UnixMillis,
     ) -> Result<bool> {
-        let done = on_tx!(self, |conn| {
+        let done = on_tx!(self, "activate_session", |conn| {
             sqlx::query(ACTIVATE_SESSION)
                 .bind(session_id)
                 .bind(tenant_id)
@@ -388,7 +388,7 @@ impl Tx {
         reason: SessionEnd,
         now: UnixMillis,
     ) -> Result<bool> {
-        let done = on_tx!(self, |conn| {
+        let done = on_tx!(self, "end_session", |conn| {
             sqlx::query(END_SESSION)
                 .bind(session_id)
                 .bind(tenant_id)
@@ -413,7 +413,7 @@ impl Tx {
         if let Some(user) = self.find_user(tenant_id, email).await? {
             return Ok((user, false));
         }
-        let inserted = on_tx!(self, |conn| {
+        let inserted = on_tx!(self, "find_or_create_user", |conn| {
             sqlx::query_as::<_, UserRow>(INSERT_USER)
                 .bind(new_id)
                 .bind(tenant_id)
@@ -435,7 +435,7 @@ impl Tx {
 
     /// The user with this address, if any.
     pub async fn find_user(&mut self, tenant_id: &str, email: &str) -> Result<Option<UserRow>> {
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "find_user", |conn| {
             sqlx::query_as::<_, UserRow>(FIND_USER)
                 .bind(tenant_id)
                 .bind(email)
@@ -451,7 +451,7 @@ impl Tx {
         token_hash: &[u8],
         now: UnixMillis,
     ) -> Result<()> {
-        on_tx!(self, |conn| {
+        on_tx!(self, "insert_refresh_token", |conn| {
             sqlx::query(INSERT_REFRESH_TOKEN)
                 .bind(token_hash)
                 .bind(tenant_id)
@@ -474,7 +474,7 @@ impl Tx {
         successor_sealed: &[u8],
         now: UnixMillis,
     ) -> Result<Option<String>> {
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "rotate_refresh_token", |conn| {
             sqlx::query_scalar::<_, String>(ROTATE_REFRESH_TOKEN)
                 .bind(token_hash)
                 .bind(tenant_id)
@@ -492,7 +492,7 @@ impl Tx {
         session_id: &str,
         now: UnixMillis,
     ) -> Result<Option<ActiveSession>> {
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "touch_active_session", |conn| {
             sqlx::query_as::<_, ActiveSession>(TOUCH_ACTIVE_SESSION)
                 .bind(session_id)
                 .bind(tenant_id)
@@ -508,7 +508,7 @@ impl Tx {
         tenant_id: &str,
         token_hash: &[u8],
     ) -> Result<Option<String>> {
-        Ok(on_tx!(self, |conn| {
+        Ok(on_tx!(self, "session_of_refresh_token", |conn| {
             sqlx::query_scalar::<_, String>(SESSION_OF_REFRESH_TOKEN)
                 .bind(token_hash)
                 .bind(tenant_id)
@@ -526,7 +526,7 @@ impl Store {
         user_id: &str,
         limit: i64,
     ) -> Result<Vec<SessionRow>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "user_sessions", |pool| {
             sqlx::query_as::<_, SessionRow>(USER_SESSIONS)
                 .bind(tenant_id)
                 .bind(user_id)
@@ -542,7 +542,7 @@ impl Store {
         tenant_id: &str,
         session_id: &str,
     ) -> Result<Option<(String, Option<UnixMillis>)>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "session_state", |pool| {
             sqlx::query_as::<_, (String, Option<UnixMillis>)>(SESSION_STATE)
                 .bind(session_id)
                 .bind(tenant_id)
@@ -557,7 +557,7 @@ impl Store {
         tenant_id: &str,
         token_hash: &[u8],
     ) -> Result<Option<RotatedRefreshToken>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "find_refresh_token", |pool| {
             sqlx::query_as::<_, RotatedRefreshToken>(FIND_REFRESH_TOKEN)
                 .bind(token_hash)
                 .bind(tenant_id)

@@ -81,7 +81,7 @@ impl Counter {
 
 impl Store {
     pub async fn all_tenants(&self) -> Result<Vec<TenantRow>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "all_tenants", |pool| {
             sqlx::query_as::<_, TenantRow>(ALL_TENANTS)
                 .fetch_all(pool)
                 .await
@@ -89,7 +89,7 @@ impl Store {
     }
 
     pub async fn tenant(&self, id: &str) -> Result<Option<TenantRow>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "tenant", |pool| {
             sqlx::query_as::<_, TenantRow>(TENANT)
                 .bind(id)
                 .fetch_optional(pool)
@@ -120,7 +120,7 @@ impl Store {
         change: impl FnOnce(&TenantRow) -> std::result::Result<(String, String), E>,
     ) -> std::result::Result<Option<TenantRow>, E> {
         let mut tx = self.begin().await?;
-        let current = on_tx!(tx, |conn| {
+        let current = on_tx!(tx, "modify_tenant", |conn| {
             sqlx::query_as::<_, TenantRow>(LOCK_TENANT)
                 .bind(id)
                 .fetch_optional(conn)
@@ -132,7 +132,7 @@ impl Store {
         };
         let (name, settings) = change(&current)?;
         let now = now.max(current.updated_at + 1);
-        on_tx!(tx, |conn| {
+        on_tx!(tx, "modify_tenant", |conn| {
             sqlx::query(UPDATE_TENANT)
                 .bind(id)
                 .bind(&name)
@@ -164,7 +164,7 @@ impl Store {
         now: UnixMillis,
     ) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let written = on_tx!(tx, |conn| {
+        let written = on_tx!(tx, "write_tenant", |conn| {
             sqlx::query(sql)
                 .bind(id)
                 .bind(name)
@@ -183,7 +183,7 @@ impl Store {
     }
 
     pub async fn all_api_keys(&self) -> Result<Vec<ApiKeyRow>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "all_api_keys", |pool| {
             sqlx::query_as::<_, ApiKeyRow>(ALL_KEYS)
                 .fetch_all(pool)
                 .await
@@ -191,7 +191,7 @@ impl Store {
     }
 
     pub async fn count_api_keys(&self) -> Result<i64> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "count_api_keys", |pool| {
             sqlx::query_scalar::<_, i64>(COUNT_KEYS)
                 .fetch_one(pool)
                 .await
@@ -200,7 +200,7 @@ impl Store {
 
     pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<()> {
         let mut tx = self.begin().await?;
-        on_tx!(tx, |conn| {
+        on_tx!(tx, "insert_api_key", |conn| {
             sqlx::query(INSERT_KEY)
                 .bind(&key.prefix)
                 .bind(&key.tenant_id)
@@ -222,7 +222,7 @@ impl Store {
     /// was revoked already.
     pub async fn revoke_api_key(&self, prefix: &str, now: UnixMillis) -> Result<Option<bool>> {
         let mut tx = self.begin().await?;
-        let revoked = on_tx!(tx, |conn| {
+        let revoked = on_tx!(tx, "revoke_api_key", |conn| {
             sqlx::query(REVOKE_KEY)
                 .bind(prefix)
                 .bind(now)
@@ -231,7 +231,7 @@ impl Store {
                 .map(|r| r.rows_affected())
         })?;
         if revoked == 0 {
-            let exists = on_tx!(tx, |conn| {
+            let exists = on_tx!(tx, "revoke_api_key", |conn| {
                 sqlx::query_scalar::<_, i64>(KEY_EXISTS)
                     .bind(prefix)
                     .fetch_one(conn)
@@ -248,7 +248,7 @@ impl Store {
     pub async fn record_api_keys_used(&self, batch: &[(String, UnixMillis)]) -> Result<()> {
         let mut tx = self.begin().await?;
         for (prefix, at) in batch {
-            on_tx!(tx, |conn| {
+            on_tx!(tx, "record_api_keys_used", |conn| {
                 sqlx::query(RECORD_USED)
                     .bind(prefix)
                     .bind(*at)
@@ -263,7 +263,7 @@ impl Store {
 
     /// Every change counter, by name.
     pub async fn change_counters(&self) -> Result<Vec<(String, i64)>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "change_counters", |pool| {
             sqlx::query_as::<_, (String, i64)>(COUNTERS)
                 .fetch_all(pool)
                 .await
@@ -271,7 +271,7 @@ impl Store {
     }
 
     pub async fn user_by_id(&self, tenant_id: &str, id: &str) -> Result<Option<super::UserRow>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "user_by_id", |pool| {
             sqlx::query_as::<_, super::UserRow>(USER_BY_ID)
                 .bind(tenant_id)
                 .bind(id)
@@ -285,7 +285,7 @@ impl Store {
         tenant_id: &str,
         email: &str,
     ) -> Result<Option<super::UserRow>> {
-        Ok(on_pool!(self, |pool| {
+        Ok(on_pool!(self, "user_by_email", |pool| {
             sqlx::query_as::<_, super::UserRow>(USER_BY_EMAIL)
                 .bind(tenant_id)
                 .bind(email)
@@ -299,7 +299,7 @@ impl Store {
     pub async fn delete_user(&self, tenant_id: &str, id: &str) -> Result<bool> {
         let mut tx = self.begin().await?;
         for sql in [DELETE_USER_TOKENS, DELETE_USER_SESSIONS] {
-            on_tx!(tx, |conn| {
+            on_tx!(tx, "delete_user", |conn| {
                 sqlx::query(sql)
                     .bind(tenant_id)
                     .bind(id)
@@ -308,7 +308,7 @@ impl Store {
                     .map(|r| r.rows_affected())
             })?;
         }
-        let deleted = on_tx!(tx, |conn| {
+        let deleted = on_tx!(tx, "delete_user", |conn| {
             sqlx::query(DELETE_USER)
                 .bind(tenant_id)
                 .bind(id)
@@ -323,7 +323,7 @@ impl Store {
 
 impl super::Tx {
     async fn bump(&mut self, counter: Counter) -> Result<()> {
-        on_tx!(self, |conn| {
+        on_tx!(self, "bump", |conn| {
             sqlx::query(BUMP)
                 .bind(counter.name())
                 .execute(conn)
@@ -335,7 +335,7 @@ impl super::Tx {
 
     /// Whether the tenant has a user with this address.
     pub async fn user_exists(&mut self, tenant_id: &str, email: &str) -> Result<bool> {
-        let found = on_tx!(self, |conn| {
+        let found = on_tx!(self, "user_exists", |conn| {
             sqlx::query_scalar::<_, String>(
                 "SELECT id FROM users WHERE tenant_id = $1 AND email = $2",
             )

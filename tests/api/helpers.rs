@@ -936,3 +936,134 @@ pub async fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
         .await
         .unwrap()
 }
+
+/// The `latchkey` binary serving on port 0 in a process of its own, with
+/// JSON logs (for what only a whole process shows: metrics, exported
+/// traces, signals, exit codes).
+pub struct Served {
+    pub child: tokio::process::Child,
+    pub grpc: String,
+    pub http: String,
+    /// The log lines before "latchkey is serving".
+    pub early_log: Vec<String>,
+    /// The log lines after it, as they come (read by a task, so the process
+    /// never blocks on a full pipe).
+    log: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Served {
+    /// Starts `latchkey serve` with `dir` as its data directory and `envs`.
+    pub async fn start(dir: &std::path::Path, envs: &[(&str, &str)]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+            .args(["serve"])
+            .env("LATCHKEY_GRPC_ADDR", "127.0.0.1:0")
+            .env("LATCHKEY_HTTP_ADDR", "127.0.0.1:0")
+            .env("LATCHKEY_DATA_DIR", dir)
+            .env("LATCHKEY_LOG_FORMAT", "json")
+            .envs(envs.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut early_log = Vec::new();
+        let serving = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let line = lines.next_line().await.unwrap().unwrap_or_else(|| {
+                    panic!("the log ended before serving:\n{}", early_log.join("\n"))
+                });
+                if line.contains("latchkey is serving") {
+                    break serde_json::from_str::<serde_json::Value>(&line).unwrap();
+                }
+                early_log.push(line);
+            }
+        })
+        .await
+        .expect("serving within 30 s");
+        let (tx, log) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        let addr = |name: &str| serving["fields"][name].as_str().unwrap().to_owned();
+        Self {
+            child,
+            grpc: addr("grpc"),
+            http: addr("http"),
+            early_log,
+            log,
+        }
+    }
+
+    /// The next JSON log line for which `wanted` holds (waits up to 10 s).
+    pub async fn log_line(
+        &mut self,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let line = self.log.recv().await.expect("the log ended");
+                let value: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+                if wanted(&value) {
+                    return value;
+                }
+            }
+        })
+        .await
+        .expect("the log line within 10 s")
+    }
+
+    /// Sends SIGTERM.
+    pub async fn terminate(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Kills the process and waits for it.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// Waits (up to 30 s) for the process to exit.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exit within 30 s")
+            .unwrap()
+    }
+
+    pub async fn grpc_channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+}
+
+/// Creates an app key of the default tenant with the CLI, on the SQLite
+/// database in `dir`.
+pub async fn create_key(dir: &std::path::Path) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["apikey", "create", "--name", "tests"])
+        .env("LATCHKEY_DATA_DIR", dir)
+        .env("LATCHKEY_LOG", "error")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .find(|w| w.starts_with("lk_app_"))
+        .expect("a key in the output")
+        .to_owned()
+}

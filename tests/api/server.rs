@@ -153,54 +153,6 @@ async fn a_call_in_flight_when_shutdown_starts_completes(backend: Backend) {
 }
 
 #[tokio::test]
-async fn the_binary_exits_zero_on_sigterm() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let dir = crate::helpers::TempDir::new();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .env("LATCHKEY_DATA_DIR", &dir.path)
-        .env("LATCHKEY_LOG_FORMAT", "json")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("server log ended before serving");
-        if line.contains("latchkey is serving") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break v["fields"]["grpc"].as_str().unwrap().to_owned();
-        }
-    };
-    // It answers...
-    let mut client =
-        latchkey::proto::auth_service_client::AuthServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-    client
-        .get_jwks(latchkey::proto::GetJwksRequest {})
-        .await
-        .unwrap();
-    // ...and stops cleanly on SIGTERM.
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = child.wait().await.unwrap();
-    assert!(status.success(), "exit status {status:?}");
-}
-
-#[tokio::test]
 async fn invalid_configuration_exits_non_zero_naming_the_setting() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .env("LATCHKEY_CODE_LENGTH", "4")

@@ -678,30 +678,15 @@ async fn key_use_is_recorded_in_batches_and_shown_in_listings() {
 /// app key, shows it once, and keeps it in the data directory.
 #[tokio::test]
 async fn the_first_unconfigured_start_makes_a_development_key() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let dir = crate::helpers::TempDir::new();
     let start = || async {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .env("LATCHKEY_DATA_DIR", &dir.path)
-            .env("LATCHKEY_LOG_FORMAT", "json")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut seen = Vec::new();
-        let http = loop {
-            let line = lines.next_line().await.unwrap().expect("log ended");
-            if line.contains("latchkey is serving") {
-                let v: Value = serde_json::from_str(&line).unwrap();
-                break v["fields"]["http"].as_str().unwrap().to_owned();
-            }
-            seen.push(line);
-        };
-        (child, http, seen.join("\n"))
+        let served = crate::helpers::Served::start(&dir.path, &[]).await;
+        let output = served.early_log.join("\n");
+        (served, output)
     };
 
-    let (mut first, http, output) = start().await;
+    let (first, output) = start().await;
+    let http = first.http.clone();
     assert!(output.contains("created a development API key"), "{output}");
     let file = dir.path.join("dev-api-key");
     let key = std::fs::read_to_string(&file).unwrap().trim().to_owned();
@@ -721,14 +706,14 @@ async fn the_first_unconfigured_start_makes_a_development_key() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    first.kill().await.unwrap();
+    first.kill().await;
 
-    let (mut second, _, output) = start().await;
+    let (second, output) = start().await;
     assert!(
         !output.contains("created a development API key"),
         "made once"
     );
-    second.kill().await.unwrap();
+    second.kill().await;
 }
 
 #[tokio::test]
