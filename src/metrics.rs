@@ -96,6 +96,27 @@ fn describe() {
     );
 }
 
+/// Installs the recorder (so counting starts with the first call, not the
+/// first scrape) and folds the recorded latencies into their buckets every
+/// 5 s until `stop`: the recorder keeps every raw sample until then, so
+/// without a scrape memory would grow with every call.
+pub fn upkeep_periodically(
+    stop: tokio_util::sync::CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    // Installed now, before any call can be served.
+    let handle = handle();
+    async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => handle.run_upkeep(),
+            }
+        }
+    }
+}
+
 /// Counts one finished RPC.
 pub fn rpc(transport: &'static str, method: &'static str, code: &'static str, elapsed: Duration) {
     let labels = [("transport", transport), ("method", method), ("code", code)];

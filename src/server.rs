@@ -233,8 +233,6 @@ impl Server {
     /// in-flight calls finish (bounded by the shutdown grace), background
     /// work stops after its current item, and the pool closes.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // The recorder counts from the first call on, not the first scrape.
-        crate::metrics::handle();
         let Self {
             settings,
             grpc_listener,
@@ -292,6 +290,7 @@ impl Server {
                 settings.readiness_interval,
                 background.clone(),
             )),
+            tokio::spawn(crate::metrics::upkeep_periodically(background.clone())),
         ];
 
         let api = Api::new(auth);
@@ -408,6 +407,9 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::Cor
         "x-user-agent",
         "grpc-timeout",
         "if-none-match",
+        "idempotency-key",
+        "traceparent",
+        "tracestate",
     ]
     .map(http::HeaderName::from_static);
     let exposed = [
