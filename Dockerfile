@@ -57,14 +57,16 @@ COPY --from=builder --chown=65532:65532 /out/var/lib/latchkey /var/lib/latchkey
 # Listen on every interface inside the container; log JSON lines.
 ENV LATCHKEY_GRPC_ADDR=0.0.0.0:50051 \
     LATCHKEY_HTTP_ADDR=0.0.0.0:8080 \
+    LATCHKEY_METRICS_ADDR=0.0.0.0:9464 \
     LATCHKEY_DATA_DIR=/var/lib/latchkey \
     LATCHKEY_LOG_FORMAT=json
 
 USER 65532:65532
 WORKDIR /var/lib/latchkey
 # 50051: gRPC (+ grpc-web, grpc.health.v1, reflection); 8080: JSON gateway,
-# /healthz, /readyz, /metrics, /openapi.json, /.well-known/jwks.json.
-EXPOSE 50051 8080
+# /healthz, /readyz, /openapi.json, /.well-known/jwks.json; 9464: Prometheus
+# /metrics (publish it to your monitoring only, never to clients).
+EXPOSE 50051 8080 9464
 # Exec form: latchkey is PID 1 and receives SIGTERM directly (graceful drain).
 ENTRYPOINT ["/usr/local/bin/latchkey"]
 CMD ["serve"]

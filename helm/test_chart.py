@@ -133,7 +133,7 @@ def deployment_checks(docs: list[dict], values: dict) -> None:
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": 50051, "http": 8080}, ports
+    assert ports == {"grpc": 50051, "http": 8080, "metrics": 9464}, ports
 
     # Probes: grpc.health.v1 on the port named grpc.
     for probe, service in (("startupProbe", "liveness"), ("livenessProbe", "liveness"),
@@ -146,11 +146,11 @@ def deployment_checks(docs: list[dict], values: dict) -> None:
         assert p["grpc"].get("service") == service, \
             f"{probe} asks service {p['grpc'].get('service')!r}, expected {service!r}"
 
-    # Shutdown: the pod's grace outlasts delay + grace + 5 s of telemetry flush.
+    # Shutdown: the pod's grace outlasts delay + grace + 3 s background stop + 5 s flush.
     cm = only(docs, "ConfigMap")["data"]
     delay = int(cm["LATCHKEY_SHUTDOWN_DELAY"].rstrip("s"))
     grace = int(cm["LATCHKEY_SHUTDOWN_GRACE"].rstrip("s"))
-    assert pod["terminationGracePeriodSeconds"] > delay + grace + 5, \
+    assert pod["terminationGracePeriodSeconds"] > delay + grace + 8, \
         (pod["terminationGracePeriodSeconds"], delay, grace)
 
     # Security contexts.
@@ -223,9 +223,10 @@ def service_checks(docs: list[dict]) -> None:
     svc = only(docs, "Service")
     dep = only(docs, "Deployment")
     ports = {p["name"]: p for p in svc["spec"]["ports"]}
-    assert set(ports) == {"grpc", "http"}, ports
+    assert set(ports) == {"grpc", "http", "metrics"}, ports
     assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c", ports["grpc"]
     assert ports["http"]["appProtocol"] == "http", ports["http"]
+    assert ports["metrics"]["appProtocol"] == "http", ports["metrics"]
     container_ports = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
     for p in ports.values():
         assert p["targetPort"] in container_ports, p
@@ -296,7 +297,9 @@ def servicemonitor_checks(docs: list[dict]) -> None:
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     (ep,) = sm["spec"]["endpoints"]
-    assert ep["port"] == "http" and ep["path"] == "/metrics", ep
+    assert ep["port"] == "metrics" and ep["path"] == "/metrics", ep
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert ports["metrics"]["targetPort"] == "metrics", ports
     assert re.fullmatch(r"([0-9]+(ms|s|m|h))+", ep["interval"]), ep
 
 
@@ -304,9 +307,11 @@ def networkpolicy_checks(docs: list[dict], values: dict) -> None:
     np_ = only(docs, "NetworkPolicy")
     assert np_["spec"]["podSelector"]["matchLabels"] == \
         only(docs, "Deployment")["spec"]["selector"]["matchLabels"]
-    (rule,) = np_["spec"]["ingress"]
+    rule, metrics = np_["spec"]["ingress"]
     assert {(p["port"], p["protocol"]) for p in rule["ports"]} == {("grpc", "TCP"), ("http", "TCP")}
     assert rule["from"] == values["networkPolicy"]["ingress"]["from"], rule
+    assert [(p["port"], p["protocol"]) for p in metrics["ports"]] == [("metrics", "TCP")]
+    assert metrics["from"] == values["networkPolicy"]["ingress"]["metricsFrom"], metrics
     assert "Egress" in np_["spec"]["policyTypes"]
     dns = np_["spec"]["egress"][0]
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
@@ -362,8 +367,8 @@ def dockerfile_matches_chart() -> None:
     text = (REPO / "Dockerfile").read_text()
     for needle in ("rust:1.95-slim-bookworm", "gcr.io/distroless/cc-debian12:nonroot",
                    "cargo build --release --locked", "USER 65532:65532",
-                   "EXPOSE 50051 8080", 'ENTRYPOINT ["/usr/local/bin/latchkey"]', 'CMD ["serve"]',
-                   "LATCHKEY_GRPC_ADDR=0.0.0.0:50051", "LATCHKEY_HTTP_ADDR=0.0.0.0:8080",
+                   "EXPOSE 50051 8080 9464", 'ENTRYPOINT ["/usr/local/bin/latchkey"]', 'CMD ["serve"]',
+                   "LATCHKEY_GRPC_ADDR=0.0.0.0:50051", "LATCHKEY_HTTP_ADDR=0.0.0.0:8080", "LATCHKEY_METRICS_ADDR=0.0.0.0:9464",
                    "LATCHKEY_DATA_DIR=/var/lib/latchkey", "LATCHKEY_LOG_FORMAT=json"):
         assert needle in text, f"Dockerfile lacks {needle!r}"
     ignore = (REPO / ".dockerignore").read_text().split()
@@ -564,8 +569,8 @@ def main() -> int:
         ("guard: existingSecret without database key and 2 replicas",
          {"replicaCount": 2, "existingSecret": {"name": "s", "databaseUrlKey": ""}},
          "replicaCount is 2, but without a PostgreSQL database"),
-        ("guard: terminationGracePeriodSeconds = delay + grace + 5",
-         {"terminationGracePeriodSeconds": 30}, "terminationGracePeriodSeconds (30) must be greater"),
+        ("guard: terminationGracePeriodSeconds = delay + grace + 8",
+         {"terminationGracePeriodSeconds": 33}, "terminationGracePeriodSeconds (33) must be greater"),
         ("guard: terminationGracePeriodSeconds too small for a longer grace",
          {"shutdown": {"graceSeconds": 40}}, "terminationGracePeriodSeconds (35) must be greater"),
         ("guard: existingSecret together with database.url",
@@ -595,13 +600,13 @@ def main() -> int:
         check(f"refused: {name}", refused)
 
     def guard_boundary():
-        docs, _ = render({"terminationGracePeriodSeconds": 31})
+        docs, _ = render({"terminationGracePeriodSeconds": 34})
         assert only(docs, "Deployment")["spec"]["template"]["spec"][
-            "terminationGracePeriodSeconds"] == 31
+            "terminationGracePeriodSeconds"] == 34
         docs, _ = render({"replicaCount": 2, "database": {"url": "postgres://u:p@db/x"}})
         assert only(docs, "Deployment")["spec"]["replicas"] == 2
 
-    check("accepted: terminationGracePeriodSeconds 31, 2 replicas with PostgreSQL", guard_boundary)
+    check("accepted: terminationGracePeriodSeconds 34, 2 replicas with PostgreSQL", guard_boundary)
 
     print(f"\n{len(passed)} passed, {len(failed)} failed")
     return 1 if failed else 0

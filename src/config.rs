@@ -342,6 +342,17 @@ pub struct Settings {
     )]
     pub http_addr: SocketAddr,
 
+    /// Prometheus `/metrics` listener. Kept off the gateway's listener: the
+    /// numbers describe every tenant's traffic, so only the monitoring
+    /// system should reach it.
+    #[arg(
+        long,
+        env = "LATCHKEY_METRICS_ADDR",
+        default_value = "127.0.0.1:9464",
+        global = true
+    )]
+    pub metrics_addr: SocketAddr,
+
     /// Origins allowed to call from a browser (CORS), comma-separated, for
     /// grpc-web and the JSON gateway; `*` for any. Empty (the default): no
     /// CORS headers at all.

@@ -155,3 +155,23 @@ pub async fn render(store: &Store, now_ms: i64) -> String {
     handle.run_upkeep();
     handle.render()
 }
+
+/// The metrics listener's routes: `GET /metrics` (Prometheus text).
+pub fn router(store: Store, clock: crate::clock::Clock) -> axum::Router {
+    use axum::{http::header, response::IntoResponse, routing::get};
+    let scrape = move || {
+        let (store, clock) = (store.clone(), clock.clone());
+        async move {
+            let text = render(&store, clock.now_ms()).await;
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response()
+        }
+    };
+    axum::Router::new().route("/metrics", get(scrape))
+}

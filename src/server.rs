@@ -47,6 +47,8 @@ pub struct Server {
     grpc_addr: SocketAddr,
     http_listener: TcpListener,
     http_addr: SocketAddr,
+    metrics_listener: TcpListener,
+    metrics_addr: SocketAddr,
     store: Store,
     auth: AuthService,
     keys: KeyRing,
@@ -188,12 +190,20 @@ impl Server {
             .await
             .with_context(|| format!("binding the HTTP listener on {}", settings.http_addr))?;
         let http_addr = http_listener.local_addr()?;
+        let metrics_listener = TcpListener::bind(settings.metrics_addr)
+            .await
+            .with_context(|| {
+                format!("binding the metrics listener on {}", settings.metrics_addr)
+            })?;
+        let metrics_addr = metrics_listener.local_addr()?;
         Ok(Self {
             settings,
             grpc_listener,
             grpc_addr,
             http_listener,
             http_addr,
+            metrics_listener,
+            metrics_addr,
             store,
             auth,
             keys,
@@ -224,6 +234,11 @@ impl Server {
         self.http_addr
     }
 
+    /// The address the metrics listener is bound to.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
     /// The store (for tests and admin commands).
     pub fn store(&self) -> &Store {
         &self.store
@@ -239,6 +254,8 @@ impl Server {
             grpc_addr,
             http_listener,
             http_addr,
+            metrics_listener,
+            metrics_addr,
             store,
             auth,
             keys,
@@ -269,7 +286,7 @@ impl Server {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let background = CancellationToken::new();
-        let tasks: Vec<JoinHandle<()>> = vec![
+        let mut tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn(worker.run(background.clone())),
             tokio::spawn(
                 keys.reload_periodically(settings.key_reload_interval, background.clone()),
@@ -298,12 +315,13 @@ impl Server {
         let grpc = tonic::transport::Server::builder()
             // HTTP/1.1 for grpc-web (browsers and their tooling).
             .accept_http1(true)
-            .layer(tower::util::MapResponseLayer::new(
-                oversized_request_as_invalid_argument::<tonic::body::Body>,
-            ))
             .layer(tower::util::option_layer(cors.clone()))
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(RpcLayer::new("grpc", telemetry::grpc_call_name))
+            // Inside the RPC layer, so the metrics see the rewritten code.
+            .layer(tower::util::MapResponseLayer::new(
+                oversized_request_as_invalid_argument::<tonic::body::Body>,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -320,8 +338,6 @@ impl Server {
             readiness: health.readiness.clone(),
             jwks_max_age: settings.jwks_max_age,
             openapi: openapi::document_text().into(),
-            store: store.clone(),
-            clock,
         })
         .layer(RpcLayer::new("http", rest::http_call_name))
         .layer(tower::util::option_layer(cors));
@@ -337,9 +353,25 @@ impl Server {
             settings.shutdown_delay,
         ));
 
+        // Scrapes keep working through the drain; this listener closes with
+        // the background work.
+        tasks.push(tokio::spawn({
+            let stop = background.clone();
+            let router = crate::metrics::router(store.clone(), clock);
+            async move {
+                let served = axum::serve(metrics_listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "the metrics listener failed");
+                }
+            }
+        }));
+
         tracing::info!(
             grpc = %grpc_addr,
             http = %http_addr,
+            metrics = %metrics_addr,
             database = ?store.backend(),
             "latchkey is serving"
         );
@@ -355,24 +387,43 @@ impl Server {
                 shutdown.cancelled().await;
                 tokio::time::sleep(settings.shutdown_delay + settings.shutdown_grace).await;
             } => {
-                tracing::warn!("calls still running after the shutdown grace: closing them");
+                tracing::warn!("calls still running after the shutdown grace: exiting without them");
                 Ok(())
             }
         };
 
+        // Background work stops after its current item: bounded, so a mail
+        // server or a database connection that hangs cannot hold the exit
+        // (an email being sent is sent again once its lease ends).
         background.cancel();
-        for task in tasks {
-            let _ = task.await;
+        let stopped = tokio::time::timeout(BACKGROUND_STOP, async {
+            for task in tasks {
+                let _ = task.await;
+            }
+            store.close().await;
+        })
+        .await;
+        if stopped.is_err() {
+            tracing::warn!(
+                timeout_ms = BACKGROUND_STOP.as_millis() as u64,
+                "background work did not stop in time: exiting anyway"
+            );
         }
-        store.close().await;
         tracing::info!("stopped");
         served
     }
 }
 
+/// How long background work (outbox worker, sync loops, the pool) may take
+/// to stop once the listeners have drained. Deployments must allow
+/// `LATCHKEY_SHUTDOWN_DELAY + LATCHKEY_SHUTDOWN_GRACE + 3 s` plus the 5 s
+/// telemetry flush (the Helm chart checks).
+pub const BACKGROUND_STOP: Duration = Duration::from_secs(3);
+
 /// Resolves when the listeners should stop accepting and drain: once
 /// shutdown has started, the service reported NOT_SERVING, and `delay` has
-/// passed (time for load balancers to stop sending new calls here).
+/// passed (time for load balancers to stop sending new calls here). Then
+/// open health `Watch` streams end, so they do not hold the drain.
 async fn draining(shutdown: CancellationToken, health: Health, delay: Duration) {
     shutdown.cancelled().await;
     if health.stop().await {
@@ -382,6 +433,7 @@ async fn draining(shutdown: CancellationToken, health: Health, delay: Duration) 
         );
     }
     tokio::time::sleep(delay).await;
+    health.end_watches().await;
     tracing::debug!("draining in-flight calls");
 }
 
@@ -434,27 +486,43 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::Cor
 struct Health {
     reporter: HealthReporter,
     readiness: Readiness,
-    /// Once shutdown begins, nothing makes the service ready again.
-    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Once shutdown begins, nothing makes the service ready again (set
+    /// and stop are serialised by this lock, so a readiness check that
+    /// finishes late cannot report SERVING after stop).
+    stopping: Arc<tokio::sync::Mutex<bool>>,
 }
 
 impl Health {
     /// Reports readiness, unless shutdown has begun.
     async fn set(&self, ready: bool) {
-        if !self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+        let stopping = self.stopping.lock().await;
+        if !*stopping {
             self.apply(ready).await;
         }
     }
 
     /// Reports NOT_SERVING for good. True only for the first call.
     async fn stop(&self) -> bool {
-        let first = !self
-            .stopping
-            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        let mut stopping = self.stopping.lock().await;
+        let first = !*stopping;
+        *stopping = true;
         if first {
             self.apply(false).await;
         }
         first
+    }
+
+    /// Ends open `Watch` streams of the readiness services (they would
+    /// otherwise keep their connections, and the drain, open until the
+    /// grace runs out). A later Check of them answers NOT_FOUND.
+    async fn end_watches(&self) {
+        let mut reporter = self.reporter.clone();
+        reporter
+            .clear_service_status(
+                <AuthServiceServer<GrpcAuth> as tonic::server::NamedService>::NAME,
+            )
+            .await;
+        reporter.clear_service_status("").await;
     }
 
     async fn apply(&self, ready: bool) {

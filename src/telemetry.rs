@@ -83,7 +83,14 @@ pub fn init(filter: &str, format: LogFormat) -> Telemetry {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("latchkey"))
             .with_error_records_to_exceptions(true)
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_default(tracing::Level::INFO)
+                    .with_target(
+                        crate::mail::transport::DEV_MAILBOX_TARGET,
+                        tracing_subscriber::filter::LevelFilter::OFF,
+                    ),
+            )
     });
     let registry = tracing_subscriber::registry().with(otel);
     let installed = match format {
@@ -284,7 +291,10 @@ fn rpc_span(
     method: &'static str,
     headers: &http::HeaderMap,
 ) -> tracing::Span {
-    let span = tracing::info_span!(
+    // At ERROR level although it is no error: a span's level only decides
+    // whether it is kept, and the log lines of a call must carry its trace
+    // id whatever LATCHKEY_LOG lets through.
+    let span = tracing::error_span!(
         "rpc",
         otel.name = name,
         otel.kind = "server",

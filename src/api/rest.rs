@@ -32,9 +32,6 @@ pub struct RestState {
     pub jwks_max_age: Duration,
     /// The OpenAPI document, serialised once.
     pub openapi: Arc<str>,
-    /// For the gauges of `/metrics`.
-    pub store: crate::store::Store,
-    pub clock: crate::clock::Clock,
 }
 
 /// The gateway's routes. (The OpenAPI document lists the same operations; a
@@ -61,7 +58,6 @@ pub fn router(state: RestState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
-        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -202,19 +198,6 @@ async fn openapi(State(s): State<RestState>) -> Response {
         .into_response()
 }
 
-/// Prometheus metrics (text exposition format).
-async fn metrics(State(s): State<RestState>) -> Response {
-    let text = crate::metrics::render(&s.store, s.clock.now_ms()).await;
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        text,
-    )
-        .into_response()
-}
-
 /// The span name and method label of a gateway path (see
 /// [`crate::telemetry::RpcLayer`]).
 pub fn http_call_name(path: &str) -> (&'static str, &'static str) {
@@ -226,7 +209,6 @@ pub fn http_call_name(path: &str) -> (&'static str, &'static str) {
         "/healthz" => ("/healthz", "healthz"),
         "/readyz" => ("/readyz", "readyz"),
         "/openapi.json" => ("/openapi.json", "openapi"),
-        "/metrics" => ("/metrics", "metrics"),
         _ => ("unknown", "unknown"),
     }
 }

@@ -74,6 +74,33 @@ pub fn mask(address: &str) -> String {
     }
 }
 
+/// Masks every address-like word in a text from outside (a mail server's
+/// error message: `550 5.1.1 <alice@example.com>: Recipient address
+/// rejected`), so it can be logged, stored and traced.
+pub fn mask_addresses(text: &str) -> String {
+    let is_delimiter = |c: char| c.is_whitespace() || "<>()[],;:\"'".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains('@') {
+            out.push_str(&mask(word));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if is_delimiter(c) {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 impl fmt::Debug for EmailAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "EmailAddress({})", self.masked())
@@ -139,5 +166,18 @@ mod tests {
         let e = EmailAddress::parse("alice@example.com").unwrap();
         assert_eq!(e.masked(), "a***@example.com");
         assert!(!format!("{e:?}").contains("alice"));
+    }
+
+    #[test]
+    fn addresses_in_a_servers_message_are_masked() {
+        assert_eq!(
+            mask_addresses("550 5.1.1 <alice@example.com>: Recipient address rejected"),
+            "550 5.1.1 <a***@example.com>: Recipient address rejected"
+        );
+        assert_eq!(
+            mask_addresses("to bob.smith@corp.example, \"carol@x.test\""),
+            "to b***@corp.example, \"c***@x.test\""
+        );
+        assert_eq!(mask_addresses("421 try later"), "421 try later");
     }
 }

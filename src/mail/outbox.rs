@@ -138,7 +138,11 @@ impl OutboxWorker {
             .await?;
         let claimed = batch.len();
         if stop.is_cancelled() {
-            // Unsent claims become due again when their lease ends.
+            // Shutting down: give the claims back untried (else they would
+            // wait out their lease before any replica sends them).
+            if let Err(e) = self.store.release_mail(&batch, now).await {
+                tracing::warn!(error = %e, "outbox: releasing claims at shutdown failed; they are sent once their lease ends");
+            }
             return Ok(0);
         }
         let outcomes =

@@ -86,12 +86,14 @@ impl Transport {
                     .map_err(|e| SendError::Transient(format!("{}: {e}", path.display())))?;
                 if mail.code.is_empty() {
                     tracing::info!(
+                        target: DEV_MAILBOX_TARGET,
                         to = mail.recipient,
                         file = %path.display(),
                         "DEV MAILBOX (development only, no email was sent): notice saved"
                     );
                 } else {
                     tracing::info!(
+                        target: DEV_MAILBOX_TARGET,
                         to = mail.recipient,
                         code = mail.code,
                         file = %path.display(),
@@ -104,3 +106,7 @@ impl Transport {
         }
     }
 }
+
+/// The log target of the development mailbox's lines (they carry the
+/// address and the code): shown in the log, never exported as traces.
+pub const DEV_MAILBOX_TARGET: &str = "latchkey::dev_mailbox";

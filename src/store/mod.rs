@@ -48,6 +48,10 @@ impl StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,
+            // The TLS negotiation that opens every PostgreSQL connection
+            // (sslmode prefer/require) read garbage or nothing: the peer
+            // closed the connection, as an unreachable database does.
+            sqlx::Error::Protocol(message) => message.contains("SSLRequest"),
             sqlx::Error::Database(db) => {
                 // SQLITE_BUSY / SQLITE_LOCKED after the busy timeout, and
                 // PostgreSQL's "cannot connect now" / admin shutdown classes.
@@ -133,16 +137,22 @@ macro_rules! on_tx {
 }
 
 /// The span of one database statement (OpenTelemetry database conventions;
-/// the operation is the store method, never a value).
+/// the operation is the store method, never a value). Only inside another
+/// span (a call, an email delivery): the background loops' statements would
+/// otherwise each make a trace of their own, every second.
 macro_rules! db_span {
     ($op:literal, $system:literal) => {
-        tracing::info_span!(
-            "db",
-            otel.name = concat!("db ", $op),
-            otel.kind = "client",
-            db.system.name = $system,
-            db.operation.name = $op,
-        )
+        if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "db",
+                otel.name = concat!("db ", $op),
+                otel.kind = "client",
+                db.system.name = $system,
+                db.operation.name = $op,
+            )
+        }
     };
 }
 pub(crate) use {db_span, on_pool, on_tx};

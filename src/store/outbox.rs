@@ -21,7 +21,7 @@ pub struct NewMail<'a> {
 }
 
 /// A message this worker now holds a lease on.
-#[derive(Debug, FromRow)]
+#[derive(Debug, Clone, FromRow)]
 pub struct ClaimedMail {
     pub id: String,
     pub tenant_id: String,
@@ -123,6 +123,11 @@ const MARK_SENT: &str = "UPDATE outbox SET state = 'sent', sent_at = $2, payload
 const RESCHEDULE: &str = "UPDATE outbox SET next_attempt_at = $2, last_error = $3 \
     WHERE id = $1 AND state = 'queued' AND attempts = $4";
 
+// Gives a claim back untried (shutdown came between claim and send): due now
+// for any replica, the attempt not counted. Only by the latest claim.
+const RELEASE: &str = "UPDATE outbox SET next_attempt_at = $2, attempts = attempts - 1 \
+    WHERE id = $1 AND state = 'queued' AND attempts = $3";
+
 // A dead message keeps its sealed payload, so `latchkey outbox requeue` can
 // send it again (the proof's own expiry still applies).
 const MARK_DEAD: &str = "UPDATE outbox SET state = 'dead', last_error = $2 \
@@ -198,6 +203,25 @@ impl Store {
         })?;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    /// Gives claimed messages back untried, due at `now` (so another
+    /// replica, or the next start, sends them without waiting out the lease).
+    pub async fn release_mail(&self, claimed: &[ClaimedMail], now: UnixMillis) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for mail in claimed {
+            on_tx!(tx, "release_mail", |conn| {
+                sqlx::query(RELEASE)
+                    .bind(&mail.id)
+                    .bind(now)
+                    .bind(mail.attempts)
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Records the outcomes of a batch in one transaction (one commit per

@@ -400,6 +400,7 @@ pub fn test_settings(db: &TestDb, data_dir: &std::path::Path, smtp_url: &str) ->
     s.database_max_connections = 8;
     s.grpc_addr = "127.0.0.1:0".parse().unwrap();
     s.http_addr = "127.0.0.1:0".parse().unwrap();
+    s.metrics_addr = "127.0.0.1:0".parse().unwrap();
     s.smtp_url = Some(Secret::new(smtp_url));
     s.smtp_timeout = Duration::from_secs(2);
     s.mail_from = "Test App <login@app.test>".to_owned();
@@ -944,6 +945,7 @@ pub struct Served {
     pub child: tokio::process::Child,
     pub grpc: String,
     pub http: String,
+    pub metrics: String,
     /// The log lines before "latchkey is serving".
     pub early_log: Vec<String>,
     /// The log lines after it, as they come (read by a task, so the process
@@ -959,6 +961,7 @@ impl Served {
             .args(["serve"])
             .env("LATCHKEY_GRPC_ADDR", "127.0.0.1:0")
             .env("LATCHKEY_HTTP_ADDR", "127.0.0.1:0")
+            .env("LATCHKEY_METRICS_ADDR", "127.0.0.1:0")
             .env("LATCHKEY_DATA_DIR", dir)
             .env("LATCHKEY_LOG_FORMAT", "json")
             .envs(envs.iter().copied())
@@ -992,6 +995,7 @@ impl Served {
             child,
             grpc: addr("grpc"),
             http: addr("http"),
+            metrics: addr("metrics"),
             early_log,
             log,
         }
@@ -1014,6 +1018,17 @@ impl Served {
         })
         .await
         .expect("the log line within 10 s")
+    }
+
+    /// The rest of the log, once the process has exited.
+    pub async fn rest_of_log(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(10), self.log.recv()).await
+        {
+            lines.push(line);
+        }
+        lines
     }
 
     /// Sends SIGTERM.

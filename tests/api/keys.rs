@@ -98,6 +98,8 @@ async fn another_process_picks_up_a_rotation_without_restart(backend: Backend) {
     replica.clock.advance(Duration::from_secs(2));
     let login = replica.login("lee@example.com").await;
     assert_eq!(kid_of(&login.verify.token), new.kid);
+    // And the first process publishes it too (on its next reload).
+    assert!(wait_for_key_count(&app, 2).await.contains(&new.kid));
     verify_with_jwks(&app, &login.verify.token).await;
 }
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use latchkey::proto::{
-    RefreshRequest, StartAuthRequest, VerifyRequest, auth_service_client::AuthServiceClient,
+    self, RefreshRequest, StartAuthRequest, VerifyRequest, auth_service_client::AuthServiceClient,
 };
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -26,6 +26,9 @@ use tonic_health::pb::{
 
 use crate::helpers::{Served, SmtpSink, TempDir, create_key};
 
+/// The internal header carrying a call's machine code to the metrics layer.
+const CODE_HEADER: &str = "latchkey-code";
+
 /// A gRPC request carrying the API key (and a `traceparent`, when given).
 fn request<T>(message: T, key: &str, traceparent: Option<&str>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -39,7 +42,7 @@ fn request<T>(message: T, key: &str, traceparent: Option<&str>) -> tonic::Reques
 
 /// The samples of `/metrics` as `name{labels}` → value.
 async fn metrics(served: &Served) -> HashMap<String, f64> {
-    let response = reqwest::get(format!("http://{}/metrics", served.http))
+    let response = reqwest::get(format!("http://{}/metrics", served.metrics))
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -108,6 +111,9 @@ async fn metrics_count_calls_logins_verifications_refreshes_and_emails() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    // The machine code travels to the metrics layer in an internal header
+    // that never reaches the caller.
+    assert!(err.metadata().get(CODE_HEADER).is_none(), "{err:?}");
     let verified = grpc
         .verify(request(verify(&code), &key, None))
         .await
@@ -132,8 +138,40 @@ async fn metrics_count_calls_logins_verifications_refreshes_and_emails() {
         .await
         .unwrap();
     assert_eq!(unauthenticated.status(), 401);
+    assert!(unauthenticated.headers().get(CODE_HEADER).is_none());
 
-    let m = metrics(&served).await;
+    // An oversized request is refused as bad input, like any other.
+    let err = grpc
+        .start_auth(request(
+            StartAuthRequest {
+                email: "x".repeat(100 * 1024),
+                ..Default::default()
+            },
+            &key,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.metadata().get(CODE_HEADER).is_none(), "{err:?}");
+
+    // The gateway does not serve the metrics: they have their own listener.
+    let gateway = reqwest::get(format!("http://{}/metrics", served.http))
+        .await
+        .unwrap();
+    assert_eq!(gateway.status(), 404);
+
+    // The email's delivery is recorded just after the mail server took it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = metrics(&served).await;
+        if m.get("latchkey_emails_total{event=\"sent\"}") == Some(&1.0)
+            || tokio::time::Instant::now() > deadline
+        {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let rpc = |transport: &str, method: &str, code: &str| {
         format!(
             "latchkey_rpc_requests_total{{transport=\"{transport}\",method=\"{method}\",code=\"{code}\"}}"
@@ -145,6 +183,10 @@ async fn metrics_count_calls_logins_verifications_refreshes_and_emails() {
         1.0
     );
     assert_eq!(sample(&m, &rpc("grpc", "Verify", "CODE_INVALID")), 1.0);
+    assert_eq!(
+        sample(&m, &rpc("grpc", "StartAuth", "INVALID_ARGUMENT")),
+        1.0
+    );
     assert_eq!(sample(&m, &rpc("grpc", "Verify", "OK")), 1.0);
     assert_eq!(sample(&m, &rpc("grpc", "Refresh", "OK")), 1.0);
     assert_eq!(
@@ -313,6 +355,7 @@ async fn a_login_is_exported_as_spans_of_the_callers_traces() {
     // SIGTERM flushes what is still buffered, then the process exits 0.
     served.terminate().await;
     assert!(served.exited().await.success());
+    let log = served.rest_of_log().await;
     let spans = collector.spans.lock().unwrap().clone();
     receiver.abort();
     assert!(!spans.is_empty(), "nothing was exported");
@@ -373,13 +416,17 @@ async fn a_login_is_exported_as_spans_of_the_callers_traces() {
                 == Some(session_id.as_str())),
         "no span names the session"
     );
-    // The email was sent under a span of its own (the outbox worker's
-    // trace, not the caller's).
-    assert!(
-        spans.iter().any(|(_, s)| s.name == "smtp send"),
-        "no SMTP span"
-    );
-    // No secret in any exported attribute or event.
+    // The email was sent under a span of its own, in the outbox worker's
+    // trace, not the caller's.
+    let smtp_span = spans
+        .iter()
+        .find(|(_, s)| s.name == "smtp send")
+        .map(|(_, s)| hex(&s.trace_id))
+        .expect("an SMTP span");
+    assert_ne!(smtp_span, start_trace);
+    assert_ne!(smtp_span, verify_trace);
+    // No secret in any exported value (names, attributes, events) or in the
+    // log.
     let secrets = [
         code.as_str(),
         verified.refresh_token.as_str(),
@@ -387,31 +434,48 @@ async fn a_login_is_exported_as_spans_of_the_callers_traces() {
         key.as_str(),
         "trace@example.com",
     ];
+    let mut exported: Vec<String> = Vec::new();
     for (_, span) in &spans {
-        let text = format!("{span:?}");
+        exported.push(span.name.clone());
+        let events = span.events.iter().flat_map(|e| {
+            std::iter::once(e.name.clone()).chain(
+                e.attributes
+                    .iter()
+                    .map(|kv| format!("{}={:?}", kv.key, kv.value)),
+            )
+        });
+        exported.extend(
+            span.attributes
+                .iter()
+                .map(|kv| format!("{}={:?}", kv.key, kv.value)),
+        );
+        exported.extend(events);
+    }
+    exported.extend(log);
+    for value in &exported {
         for secret in secrets {
-            assert!(
-                !text.contains(secret),
-                "span {} carries a secret",
-                span.name
-            );
+            assert!(!value.contains(secret), "a secret in {value}");
         }
     }
 }
 
-/// SIGTERM: health goes NOT_SERVING at once while the process keeps
-/// accepting for LATCHKEY_SHUTDOWN_DELAY, a call in flight completes, the
-/// liveness service stays SERVING until the end, and the exit code is 0.
+/// SIGTERM: health goes NOT_SERVING at once while new connections are
+/// still accepted for LATCHKEY_SHUTDOWN_DELAY; then open health watches end,
+/// the listeners close, and a call in flight (held on an external write
+/// lock until after the delay) still completes; liveness stays SERVING to
+/// the end; the exit is clean and well inside the grace, with code 0.
 #[tokio::test]
 async fn sigterm_drains_a_call_in_flight_and_exits_zero() {
     let dir = TempDir::new();
     let smtp = SmtpSink::start();
     let key = create_key(&dir.path).await;
+    let delay = Duration::from_secs(2);
     let mut served = Served::start(
         &dir.path,
         &[
             ("LATCHKEY_SMTP_URL", smtp.url().as_str()),
-            ("LATCHKEY_SHUTDOWN_DELAY", "1s"),
+            ("LATCHKEY_SHUTDOWN_DELAY", "2s"),
+            ("LATCHKEY_SHUTDOWN_GRACE", "20s"),
         ],
     )
     .await;
@@ -465,13 +529,19 @@ async fn sigterm_drains_a_call_in_flight_and_exits_zero() {
     assert!(!call.is_finished(), "the call should wait for the lock");
 
     served.terminate().await;
+    let terminated = tokio::time::Instant::now();
     // Readiness flips first...
     assert_eq!(
         watch.message().await.unwrap().unwrap().status,
         ServingStatus::NotServing as i32
     );
-    // ...while new connections are still accepted during the delay, and
-    // liveness is unaffected.
+    // ...while a new connection is still accepted and served during the
+    // delay, and liveness is unaffected.
+    let mut fresh = AuthServiceClient::new(served.grpc_channel().await);
+    fresh
+        .get_jwks(proto::GetJwksRequest {})
+        .await
+        .expect("served during the delay");
     let ready = reqwest::get(format!("http://{}/readyz", served.http))
         .await
         .unwrap();
@@ -488,12 +558,28 @@ async fn sigterm_drains_a_call_in_flight_and_exits_zero() {
         .status;
     assert_eq!(status, ServingStatus::Serving as i32);
 
+    // After the delay the watch ends (it must not hold the drain open) and
+    // the listeners no longer accept.
+    let end = tokio::time::timeout(delay * 3, watch.message())
+        .await
+        .expect("the watch ends after the delay");
+    assert!(!matches!(end, Ok(Some(_))), "{end:?}");
+    tokio::time::sleep_until(terminated + delay + Duration::from_millis(500)).await;
+    let refused = tokio::net::TcpStream::connect(&served.http).await;
+    assert!(refused.is_err(), "the HTTP listener still accepts");
+    assert!(!call.is_finished(), "the call is still held");
+
+    // The call in flight completes once the lock is gone.
     lock.rollback().await.unwrap();
     db.close().await;
     let response = call.await.unwrap().expect("the call in flight completes");
     assert!(!response.into_inner().session_id.is_empty());
     let exit = served.exited().await;
     assert!(exit.success(), "{exit:?}");
+    let log = served.rest_of_log().await.join("\n");
+    assert!(!log.contains("after the shutdown grace"), "{log}");
+    assert!(!log.contains("did not stop in time"), "{log}");
+    assert!(log.contains("\"stopped\""), "{log}");
     // Its email was queued in the same transaction, so it is not lost: it
     // went out before the exit, or the next start delivers it.
     let _next = Served::start(&dir.path, &[("LATCHKEY_SMTP_URL", smtp.url().as_str())]).await;

@@ -274,3 +274,34 @@ fn url_authority(url: &str) -> String {
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     rest.split('/').next().unwrap().to_owned()
 }
+
+/// Managed PostgreSQL services usually require TLS: with `sslmode=require`
+/// in the URL every connection of the service is encrypted. (The machine's
+/// PostgreSQL has TLS on, with Debian's self-signed certificate, which
+/// `require` accepts without verifying it.)
+#[tokio::test]
+async fn postgres_connections_are_encrypted_when_the_url_asks() {
+    let app = spawn_app_with(Backend::Postgres, |s| {
+        let url = s.database_url.as_ref().unwrap().expose().to_owned();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        s.database_url = Some(latchkey::config::Secret::new(format!(
+            "{url}{separator}sslmode=require"
+        )));
+    })
+    .await;
+    app.login("tls@example.com").await;
+    let connections = app
+        .db_pool()
+        .await
+        .strings(
+            "SELECT CAST(s.ssl AS TEXT) FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a ON a.pid = s.pid \
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()",
+        )
+        .await;
+    assert!(!connections.is_empty());
+    assert!(
+        connections.iter().all(|ssl| ssl == "true"),
+        "{connections:?}"
+    );
+}

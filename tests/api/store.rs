@@ -266,6 +266,17 @@ async fn concurrent_outbox_claims_never_overlap_and_leases_expire(backend: Backe
             .unwrap()
             .is_empty()
     );
+    // Claims given back at shutdown are due at once, the attempt uncounted;
+    // a stale claim's release changes nothing.
+    let mut stale = again[2].clone();
+    stale.attempts = 1;
+    store.release_mail(&[stale], 60_002).await.unwrap();
+    store.release_mail(&again[..2], 60_002).await.unwrap();
+    let released = store.claim_mail(60_002, 180_000, 100).await.unwrap();
+    let ids: HashSet<_> = released.iter().map(|m| m.id.as_str()).collect();
+    let expected: HashSet<_> = again[..2].iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, expected);
+    assert!(released.iter().all(|m| m.attempts == 2), "{released:?}");
 
     // A sent message no longer holds its sealed payload; a dead one keeps it
     // so it can be queued again.

@@ -103,9 +103,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not be greater than autoscaling.maxReplicas" }}
 {{- end }}
-{{- $needed := add (int $v.shutdown.delaySeconds) (int $v.shutdown.graceSeconds) 5 }}
+{{- $needed := add (int $v.shutdown.delaySeconds) (int $v.shutdown.graceSeconds) 8 }}
 {{- if le (int $v.terminationGracePeriodSeconds) $needed }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than shutdown.delaySeconds + shutdown.graceSeconds + 5 s of telemetry flush (%d), or Kubernetes kills latchkey before it has drained" (int $v.terminationGracePeriodSeconds) $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than shutdown.delaySeconds + shutdown.graceSeconds + 3 s to stop background work + 5 s of telemetry flush (%d), or Kubernetes kills latchkey before it has drained" (int $v.terminationGracePeriodSeconds) $needed) }}
 {{- end }}
 {{- if $v.existingSecret.name }}
 {{- if or $v.database.url $v.smtp.url $v.smtp.password $v.keyEncryptionKey }}
@@ -171,6 +171,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "latchkey.configData" -}}
 LATCHKEY_GRPC_ADDR: {{ printf "%s:50051" .Values.listenAddress | quote }}
 LATCHKEY_HTTP_ADDR: {{ printf "%s:8080" .Values.listenAddress | quote }}
+LATCHKEY_METRICS_ADDR: {{ printf "%s:9464" .Values.listenAddress | quote }}
 LATCHKEY_DATA_DIR: "/var/lib/latchkey"
 LATCHKEY_LOG: {{ .Values.log.level | quote }}
 LATCHKEY_LOG_FORMAT: {{ .Values.log.format | quote }}
