@@ -19,9 +19,9 @@ pub const LOGINS_STARTED: &str = "latchkey_logins_started_total";
 /// ResendCode calls that sent a login's email again.
 pub const CODES_RESENT: &str = "latchkey_codes_resent_total";
 /// Verify calls, by `proof` (code, link) and `result` (ok, invalid, expired,
-/// too_many_attempts, rate_limited).
+/// too_many_attempts, rate_limited, bad_input, error).
 pub const VERIFICATIONS: &str = "latchkey_verifications_total";
-/// Refresh calls, by `result` (ok, retried, invalid, reused).
+/// Refresh calls, by `result` (ok, retried, invalid, reused, bad_input, error).
 pub const REFRESHES: &str = "latchkey_refreshes_total";
 /// Calls refused by a limit, by `limit` (email, ip, tenant, wrong_codes).
 pub const RATE_LIMITED: &str = "latchkey_rate_limited_total";

@@ -745,6 +745,7 @@ impl AuthService {
             Err(AuthError::CodeInvalid) => "invalid",
             Err(AuthError::TooManyAttempts) => "too_many_attempts",
             Err(AuthError::RateLimited(_)) => "rate_limited",
+            Err(AuthError::InvalidArgument { .. }) => "bad_input",
             Err(_) => "error",
         };
         ::metrics::counter!(metrics::VERIFICATIONS, "proof" => kind, "result" => outcome)
@@ -958,6 +959,7 @@ impl AuthService {
             Ok(_) => "ok",
             Err(AuthError::RefreshTokenInvalid) => "invalid",
             Err(AuthError::RefreshTokenReused) => "reused",
+            Err(AuthError::InvalidArgument { .. }) => "bad_input",
             Err(_) => "error",
         };
         metrics::count(metrics::REFRESHES, "result", outcome);
