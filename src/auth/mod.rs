@@ -485,14 +485,9 @@ impl AuthService {
             now,
         )
         .await?;
-        tx.commit().await?;
-        inner.ceiling.record(&tenant.id, now);
-        inner.outbox_wake.notify_one();
+        self.commit_mail(tx, tenant, kind, now).await?;
         tracing::info!(email = %email.masked(), method = method.as_str(), "login started");
         metrics::count(metrics::LOGINS_STARTED, "method", method.as_str());
-        if kind != mail::KIND_SUPPRESSED {
-            metrics::count(metrics::EMAILS, "event", "queued");
-        }
 
         Ok(Started {
             session_id,
@@ -578,14 +573,9 @@ impl AuthService {
             now,
         )
         .await?;
-        tx.commit().await?;
-        inner.ceiling.record(&tenant.id, now);
-        inner.outbox_wake.notify_one();
+        self.commit_mail(tx, tenant, kind, now).await?;
         tracing::info!("login email sent again");
         ::metrics::counter!(metrics::CODES_RESENT).increment(1);
-        if kind != mail::KIND_SUPPRESSED {
-            metrics::count(metrics::EMAILS, "event", "queued");
-        }
         Ok(Started {
             session_id,
             expires_at,
@@ -723,6 +713,25 @@ impl AuthService {
             notify: self.should_notify_replicas(now),
         })
         .await?;
+        Ok(())
+    }
+
+    /// Commits a transaction that queued a login's email (see
+    /// [`Self::queue_mail`]), then counts it against the tenant's ceiling,
+    /// wakes the local outbox worker and counts it as queued.
+    async fn commit_mail(
+        &self,
+        tx: crate::store::Tx,
+        tenant: &Tenant,
+        kind: &str,
+        now: UnixMillis,
+    ) -> Result<(), AuthError> {
+        tx.commit().await?;
+        self.inner.ceiling.record(&tenant.id, now);
+        self.inner.outbox_wake.notify_one();
+        if kind != mail::KIND_SUPPRESSED {
+            metrics::count(metrics::EMAILS, "event", "queued");
+        }
         Ok(())
     }
 

@@ -289,9 +289,9 @@ impl tokio::io::AsyncWrite for ImplicitTls {
     }
 }
 
-/// A permanent SMTP refusal (5xx) stays permanent; everything else may pass.
-/// A mail server error, with any address it quotes masked (the text is
-/// logged, traced and kept in the outbox row).
+/// A mail server error: a permanent refusal (5xx) stays permanent, everything
+/// else may pass. Any address the text quotes is masked (it is logged,
+/// traced and kept in the outbox row).
 fn classify(e: lettre::transport::smtp::Error) -> SendError {
     let text = crate::auth::email::mask_addresses(&e.to_string());
     if e.is_permanent() {

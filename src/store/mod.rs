@@ -95,19 +95,9 @@ macro_rules! on_pool {
     ($store:expr, $op:literal, |$conn:ident| $body:expr) => {
         match &$store.pool {
             crate::store::Pool::Postgres($conn) => {
-                tracing::Instrument::instrument(
-                    async { $body },
-                    crate::store::db_span!($op, "postgresql"),
-                )
-                .await
+                crate::store::in_db_span!($op, "postgresql", $body)
             }
-            crate::store::Pool::Sqlite($conn) => {
-                tracing::Instrument::instrument(
-                    async { $body },
-                    crate::store::db_span!($op, "sqlite"),
-                )
-                .await
-            }
+            crate::store::Pool::Sqlite($conn) => crate::store::in_db_span!($op, "sqlite", $body),
         }
     };
 }
@@ -118,19 +108,11 @@ macro_rules! on_tx {
         match &mut $tx.inner {
             crate::store::TxInner::Postgres(tx) => {
                 let $conn = &mut **tx;
-                tracing::Instrument::instrument(
-                    async { $body },
-                    crate::store::db_span!($op, "postgresql"),
-                )
-                .await
+                crate::store::in_db_span!($op, "postgresql", $body)
             }
             crate::store::TxInner::Sqlite(tx) => {
                 let $conn = &mut **tx;
-                tracing::Instrument::instrument(
-                    async { $body },
-                    crate::store::db_span!($op, "sqlite"),
-                )
-                .await
+                crate::store::in_db_span!($op, "sqlite", $body)
             }
         }
     };
@@ -155,7 +137,13 @@ macro_rules! db_span {
         }
     };
 }
-pub(crate) use {db_span, on_pool, on_tx};
+/// Awaits `$body` (an expression with `.await`s) in [`db_span!`].
+macro_rules! in_db_span {
+    ($op:literal, $system:literal, $body:expr) => {
+        tracing::Instrument::instrument(async { $body }, crate::store::db_span!($op, $system)).await
+    };
+}
+pub(crate) use {db_span, in_db_span, on_pool, on_tx};
 
 /// One database transaction. Dropping it without [`Tx::commit`] rolls back.
 pub struct Tx {

@@ -40,6 +40,25 @@ fn request<T>(message: T, key: &str, traceparent: Option<&str>) -> tonic::Reques
     request
 }
 
+/// Starts a code login over the JSON gateway (with a `traceparent`, when
+/// given); returns its session id.
+async fn start_code_login(
+    served: &Served,
+    key: &str,
+    email: &str,
+    traceparent: Option<&str>,
+) -> String {
+    let mut post = reqwest::Client::new()
+        .post(format!("http://{}/auth/start", served.http))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"email": email, "method": "METHOD_CODE"}));
+    if let Some(tp) = traceparent {
+        post = post.header("traceparent", tp);
+    }
+    let started: serde_json::Value = post.send().await.unwrap().json().await.unwrap();
+    started["sessionId"].as_str().unwrap().to_owned()
+}
+
 /// The samples of `/metrics` as `name{labels}` → value.
 async fn metrics(served: &Served) -> HashMap<String, f64> {
     let response = reqwest::get(format!("http://{}/metrics", served.metrics))
@@ -88,17 +107,7 @@ async fn metrics_count_calls_logins_verifications_refreshes_and_emails() {
     let http = reqwest::Client::new();
 
     // StartAuth over HTTP, a wrong then the right code over gRPC.
-    let started: serde_json::Value = http
-        .post(format!("http://{}/auth/start", served.http))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"email": "ops@example.com", "method": "METHOD_CODE"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session_id = started["sessionId"].as_str().unwrap().to_owned();
+    let session_id = start_code_login(&served, &key, "ops@example.com", None).await;
     let code = smtp.wait_for("ops@example.com").await.code();
     let wrong = if code.starts_with('0') { "1" } else { "0" }.repeat(code.len());
     let verify = |code: &str| VerifyRequest {
@@ -310,18 +319,13 @@ async fn a_login_is_exported_as_spans_of_the_callers_traces() {
 
     let start_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let start_parent = "00f067aa0ba902b7";
-    let started: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{}/auth/start", served.http))
-        .bearer_auth(&key)
-        .header("traceparent", format!("00-{start_trace}-{start_parent}-01"))
-        .json(&serde_json::json!({"email": "trace@example.com", "method": "METHOD_CODE"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session_id = started["sessionId"].as_str().unwrap().to_owned();
+    let session_id = start_code_login(
+        &served,
+        &key,
+        "trace@example.com",
+        Some(&format!("00-{start_trace}-{start_parent}-01")),
+    )
+    .await;
     let code = smtp.wait_for("trace@example.com").await.code();
 
     let verify_trace = "0af7651916cd43dd8448eb211c80319c";
