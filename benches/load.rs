@@ -446,7 +446,7 @@ async fn main() {
         None,
         move |_, _| {
             let mut g = jwks_client.clone();
-            async move { g.get_jwks(proto::GetJwksRequest {}).await.is_ok() }
+            async move { g.get_jwks(proto::GetJwksRequest::default()).await.is_ok() }
         },
     )
     .await;

@@ -39,7 +39,7 @@ NO_SCHEMA_KINDS = {
     "HTTPRoute": "a Gateway API CRD (gateway.networking.k8s.io/v1)",
 }
 SECRET_ENVS = {"LATCHKEY_DATABASE_URL", "LATCHKEY_SMTP_URL", "LATCHKEY_KEY_ENCRYPTION_KEY"}
-PUBLIC_PATHS = {"/auth", "/sessions", "/tokens", "/.well-known/jwks.json"}
+PUBLIC_PATHS = {"/auth", "/sessions", "/tokens", "/.well-known/jwks.json", "/tenants"}
 INTERNAL_PATHS = ("/metrics", "/healthz", "/readyz", "/openapi.json")
 
 passed: list[str] = []

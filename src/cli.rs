@@ -2,7 +2,7 @@
 //! administration of signing keys, tenants and API keys (straight on the
 //! database; running servers pick changes up within a second).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
@@ -12,7 +12,7 @@ use crate::{
         admin::{Admin, ApiKeyInfo},
         apikeys::Scope,
         keys,
-        tenants::{SignupPolicy, Tenant, TenantSettings, Tenants},
+        tenants::{SETTING_NAMES, SignupPolicy, Tenant, TenantSettings, Tenants},
     },
     clock::Clock,
     config::{
@@ -76,7 +76,12 @@ async fn keys_command(settings: Settings, command: KeysCommand) -> anyhow::Resul
     let store = server::open_store(&settings).await?;
     let clock = Clock::system();
     match command {
-        KeysCommand::Rotate { activate_in, alg } => {
+        KeysCommand::Rotate {
+            activate_in,
+            alg,
+            tenant,
+            all_tenants,
+        } => {
             let alg = alg.unwrap_or(settings.signing_alg);
             if activate_in < settings.key_reload_interval * 2 {
                 eprintln!(
@@ -84,41 +89,54 @@ async fn keys_command(settings: Settings, command: KeysCommand) -> anyhow::Resul
                      it; tokens it signs may be rejected until they refresh their JWKS"
                 );
             }
-            // Older keys stay published until every token they may still sign
-            // has expired: the longest access-token lifetime of any tenant,
-            // plus the time a replica may take to notice the new key, plus
-            // clock skew.
             let tenants = Tenants::load(store.clone(), Policy::from_settings(&settings)).await?;
-            let longest = tenants
-                .all()
-                .iter()
-                .map(|t| t.policy.access_token_ttl)
-                .chain([settings.access_token_ttl])
-                .max()
-                .unwrap_or(settings.access_token_ttl);
-            let retire_after =
-                longest + settings.key_reload_interval + std::time::Duration::from_secs(60);
-            let key = keys::rotate(
-                &store,
-                &kek,
-                &clock,
-                DEFAULT_TENANT,
-                alg,
-                activate_in,
-                retire_after,
-            )
-            .await?;
-            println!(
-                "added {} key {}: published now, signs from {}; older keys leave the JWKS at {}",
-                key.alg.as_str(),
-                key.kid,
-                rfc3339(key.activates_at),
-                rfc3339(key.older_keys_retire_at)
-            );
+            let chosen: Vec<Arc<Tenant>> = if all_tenants {
+                tenants.all()
+            } else {
+                vec![
+                    tenants
+                        .get(&tenant)
+                        .ok_or_else(|| anyhow::anyhow!("no tenant {tenant:?}"))?,
+                ]
+            };
+            for tenant in chosen {
+                // Older keys stay published until every token they may still
+                // sign has expired (this tenant's token lifetime, or the
+                // server default if that is longer: it may just have changed).
+                let longest = tenant
+                    .policy
+                    .access_token_ttl
+                    .max(settings.access_token_ttl);
+                let retire_after = keys::retirement_delay(longest, settings.key_reload_interval);
+                let key = keys::rotate(
+                    &store,
+                    &kek,
+                    &clock,
+                    &tenant.id,
+                    alg,
+                    activate_in,
+                    retire_after,
+                )
+                .await?;
+                println!(
+                    "tenant {}: added {} key {}: published now, signs from {}; older keys leave \
+                     the JWKS at {}",
+                    tenant.id,
+                    key.alg.as_str(),
+                    key.kid,
+                    rfc3339(key.activates_at),
+                    rfc3339(key.older_keys_retire_at)
+                );
+            }
         }
-        KeysCommand::List => {
+        KeysCommand::List { tenant } => {
             let now = clock.now_ms();
-            let all = store.all_signing_keys(DEFAULT_TENANT).await?;
+            let all = store.all_signing_keys(&tenant).await?;
+            anyhow::ensure!(
+                !all.is_empty(),
+                "tenant {tenant:?} has no signing keys (yet: a server makes its first key when \
+                 it loads the tenant)"
+            );
             let signer = all
                 .iter()
                 .filter(|k| k.activates_at <= now && k.published_until.is_none_or(|u| u > now))
@@ -212,6 +230,72 @@ async fn tenant_command(settings: Settings, command: TenantCommand) -> anyhow::R
                 .await?;
             print_tenant(&t);
         }
+        TenantCommand::Repair { apply } => repair_tenants(&admin, apply).await?,
+    }
+    Ok(())
+}
+
+/// The settings `tenant create` and `tenant update` of latchkey 0.1 did not
+/// store unless typed; it stored every other one, typed or not (the
+/// server's values of the moment).
+const NOT_WRITTEN_BY_THE_OLD_CLI: [&str; 4] = [
+    "allowed_validation_urls",
+    "signup_policy",
+    "notify_unknown_address",
+    "default_validation_url",
+];
+
+fn written_by_the_old_cli() -> impl Iterator<Item = &'static str> {
+    SETTING_NAMES
+        .into_iter()
+        .filter(|name| !NOT_WRITTEN_BY_THE_OLD_CLI.contains(name))
+}
+
+/// Clears, on every tenant the old command line wrote, the overrides that
+/// only repeat this server's defaults. Overrides that differ are kept (they
+/// may have been typed) and listed, for the operator to `--clear` by hand.
+async fn repair_tenants(admin: &Admin, apply: bool) -> anyhow::Result<()> {
+    let mut repaired = 0;
+    for tenant in admin.list_tenants().await? {
+        if tenant.id == DEFAULT_TENANT {
+            continue;
+        }
+        let stored = serde_json::to_value(&tenant.settings)?;
+        let old_cli = written_by_the_old_cli().all(|name| stored.get(name).is_some());
+        if !old_cli {
+            continue;
+        }
+        let redundant = tenant.settings.repeating_defaults(admin.defaults());
+        let kept: Vec<&str> = written_by_the_old_cli()
+            .filter(|name| !redundant.contains(name))
+            .collect();
+        println!(
+            "tenant {}: clear {} (copies of the server defaults){}",
+            tenant.id,
+            redundant.join(", "),
+            if kept.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; keep {} (they differ from the defaults: clear by hand with \
+                     `latchkey tenant update {} --clear <name>` if they were not chosen)",
+                    kept.join(", "),
+                    tenant.id
+                )
+            }
+        );
+        if apply && !redundant.is_empty() {
+            let clear: Vec<String> = redundant.iter().map(|n| (*n).to_owned()).collect();
+            admin
+                .update_tenant(&tenant.id, None, &TenantSettings::default(), &clear)
+                .await?;
+        }
+        repaired += 1;
+    }
+    match (repaired, apply) {
+        (0, _) => println!("no tenant holds copies of the server defaults: nothing to repair"),
+        (n, true) => println!("repaired {n} tenant(s)"),
+        (n, false) => println!("{n} tenant(s) to repair: run again with --apply"),
     }
     Ok(())
 }
@@ -220,6 +304,7 @@ fn print_tenant(t: &Tenant) {
     println!("id:        {}", t.id);
     println!("name:      {}", t.name);
     println!("created:   {}", rfc3339(t.created_at));
+    println!("jwks:      {}", jwks_path(&t.id));
     println!(
         "overrides: {}",
         serde_json::to_string_pretty(&t.settings).unwrap_or_default()
@@ -234,6 +319,15 @@ fn print_tenant(t: &Tenant) {
         t.policy.code_ttl.as_secs(),
         t.policy.signup_policy,
     );
+}
+
+/// Where a tenant's public keys are served on the HTTP listener.
+fn jwks_path(tenant_id: &str) -> String {
+    if tenant_id == DEFAULT_TENANT {
+        "/.well-known/jwks.json".to_owned()
+    } else {
+        format!("/tenants/{tenant_id}/.well-known/jwks.json")
+    }
 }
 
 fn settings_from_args(a: TenantSettingsArgs) -> TenantSettings {

@@ -85,10 +85,16 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Add a new signing key: published in the JWKS at once, signing after
-    /// the activation delay; the previous key stays published until every
-    /// token it signed has expired.
+    /// Add a new signing key for a tenant: published in its JWKS at once,
+    /// signing after the activation delay; the previous key stays published
+    /// until every token it signed has expired.
     Rotate {
+        /// The tenant whose keys rotate.
+        #[arg(long, default_value = "default", conflicts_with = "all_tenants")]
+        tenant: String,
+        /// Rotate every tenant's keys.
+        #[arg(long)]
+        all_tenants: bool,
         /// How long the new key is published before it starts signing. Keep it
         /// longer than any verifier's JWKS cache lifetime.
         #[arg(long, env = "LATCHKEY_KEY_ACTIVATION_DELAY", default_value = "1h", value_parser = duration_or_zero)]
@@ -97,8 +103,11 @@ pub enum KeysCommand {
         #[arg(long)]
         alg: Option<SigningAlg>,
     },
-    /// List the signing keys and their state.
-    List,
+    /// List a tenant's signing keys and their state.
+    List {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,53 +137,64 @@ pub enum TenantCommand {
         #[arg(long = "clear")]
         clear: Vec<String>,
     },
+    /// Remove the copies of the server defaults that `tenant create` and
+    /// `tenant update` of latchkey 0.1 stored as every tenant's own settings
+    /// (shows what it would do; `--apply` does it).
+    Repair {
+        /// Write the changes (without it, only show them).
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
-/// A tenant's overrides of the server defaults (absent: inherit).
+/// A tenant's overrides of the server defaults (absent: inherit). The ids
+/// differ from the server settings' of the same flag name, so a value of the
+/// server setting (its default or its `LATCHKEY_*` variable) can never be
+/// taken for one the operator typed here.
 #[derive(Debug, Args, Default)]
 pub struct TenantSettingsArgs {
-    #[arg(long)]
+    #[arg(long = "issuer", id = "tenant_issuer")]
     pub issuer: Option<String>,
-    #[arg(long)]
+    #[arg(long = "audience", id = "tenant_audience")]
     pub audience: Option<String>,
-    #[arg(long, value_parser = duration)]
+    #[arg(long = "access-token-ttl", id = "tenant_access_token_ttl", value_parser = duration)]
     pub access_token_ttl: Option<Duration>,
-    #[arg(long, value_parser = duration)]
+    #[arg(long = "session-ttl", id = "tenant_session_ttl", value_parser = duration)]
     pub session_ttl: Option<Duration>,
-    #[arg(long)]
+    #[arg(long = "code-length", id = "tenant_code_length")]
     pub code_length: Option<u8>,
-    #[arg(long, value_parser = duration)]
+    #[arg(long = "code-ttl", id = "tenant_code_ttl", value_parser = duration)]
     pub code_ttl: Option<Duration>,
-    #[arg(long)]
+    #[arg(long = "code-max-attempts", id = "tenant_code_max_attempts")]
     pub code_max_attempts: Option<u32>,
-    #[arg(long)]
+    #[arg(long = "mail-from", id = "tenant_mail_from")]
     pub mail_from: Option<String>,
-    #[arg(long)]
+    #[arg(long = "app-name", id = "tenant_app_name")]
     pub app_name: Option<String>,
     /// Where magic links may point (repeatable; replaces the list).
-    #[arg(long = "allowed-validation-url")]
+    #[arg(long = "allowed-validation-url", id = "tenant_allowed_validation_urls")]
     pub allowed_validation_urls: Vec<String>,
-    #[arg(long)]
+    #[arg(long = "default-locale", id = "tenant_default_locale")]
     pub default_locale: Option<String>,
-    #[arg(long)]
+    #[arg(long = "signup-policy", id = "tenant_signup_policy")]
     pub signup_policy: Option<SignupPolicyArg>,
     /// With login-only: email a "no account" notice to unknown addresses.
-    #[arg(long)]
+    #[arg(long = "notify-unknown-address", id = "tenant_notify_unknown_address")]
     pub notify_unknown_address: Option<bool>,
     /// The validation URL for a StartAuth that names none.
-    #[arg(long)]
+    #[arg(long = "default-validation-url", id = "tenant_default_validation_url")]
     pub default_validation_url: Option<String>,
     /// Sign-in emails per address per rate-limit window (0: none).
-    #[arg(long)]
+    #[arg(long = "rate-limit-email", id = "tenant_rate_limit_email")]
     pub rate_limit_email: Option<u32>,
     /// StartAuth calls per client IP per window (0: none).
-    #[arg(long)]
+    #[arg(long = "rate-limit-ip", id = "tenant_rate_limit_ip")]
     pub rate_limit_ip: Option<u32>,
     /// Sign-in emails for the whole tenant per minute (0: none).
-    #[arg(long)]
+    #[arg(long = "rate-limit-tenant", id = "tenant_rate_limit_tenant")]
     pub rate_limit_tenant: Option<u32>,
     /// Wrong codes per address per hour before backoff (0: none).
-    #[arg(long)]
+    #[arg(long = "verify-failure-budget", id = "tenant_verify_failure_budget")]
     pub verify_failure_budget: Option<u32>,
 }
 
@@ -295,7 +315,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Every setting of the service.
+/// Every setting of the service. Most flags may follow any command; the
+/// server-wide defaults that a tenant can override (`--issuer`, `--audience`,
+/// the lifetimes, code rules, sender, validation URLs, locale and limits) are
+/// flags of the top-level command only (`latchkey --issuer … serve`), because
+/// `tenant create|update` use the same flag names for a tenant's own values.
 #[derive(Clone, Debug, Args)]
 pub struct Settings {
     /// Directory for the SQLite database, the dev mailbox and a generated
@@ -310,7 +334,12 @@ pub struct Settings {
 
     /// Database URL: `postgres://…` or `sqlite://…`. Default: SQLite at
     /// `<data-dir>/latchkey.db`.
-    #[arg(long, env = "LATCHKEY_DATABASE_URL", global = true)]
+    #[arg(
+        long,
+        env = "LATCHKEY_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url: Option<Secret>,
 
     /// Maximum database connections per process.
@@ -372,7 +401,7 @@ pub struct Settings {
     /// SMTP relay URL, e.g. `smtp://user:pass@relay:587?tls=required` (STARTTLS),
     /// `smtps://user:pass@relay:465` (implicit TLS) or `smtp://localhost:25`
     /// (plain). When unset, mail goes to the dev mailbox.
-    #[arg(long, env = "LATCHKEY_SMTP_URL", global = true)]
+    #[arg(long, env = "LATCHKEY_SMTP_URL", hide_env_values = true, global = true)]
     pub smtp_url: Option<Secret>,
 
     /// Timeout of connecting to the SMTP server and of each SMTP command.
@@ -387,18 +416,12 @@ pub struct Settings {
     #[arg(
         long,
         env = "LATCHKEY_MAIL_FROM",
-        default_value = "latchkey <no-reply@latchkey.localhost>",
-        global = true
+        default_value = "latchkey <no-reply@latchkey.localhost>"
     )]
     pub mail_from: String,
 
     /// The application name shown in emails.
-    #[arg(
-        long,
-        env = "LATCHKEY_APP_NAME",
-        default_value = "latchkey",
-        global = true
-    )]
+    #[arg(long, env = "LATCHKEY_APP_NAME", default_value = "latchkey")]
     pub app_name: String,
 
     /// How often the outbox is polled when nothing wakes the worker.
@@ -421,16 +444,11 @@ pub struct Settings {
     /// Where magic links may point, comma-separated: scheme, host and port
     /// must match exactly and the path must start with the entry's path.
     /// https only, except for localhost. A tenant's own list replaces this.
-    #[arg(
-        long,
-        env = "LATCHKEY_ALLOWED_VALIDATION_URLS",
-        value_delimiter = ',',
-        global = true
-    )]
+    #[arg(long, env = "LATCHKEY_ALLOWED_VALIDATION_URLS", value_delimiter = ',')]
     pub allowed_validation_urls: Vec<String>,
 
     /// The validation URL used when a StartAuth names none (must be allowed).
-    #[arg(long, env = "LATCHKEY_DEFAULT_VALIDATION_URL", global = true)]
+    #[arg(long, env = "LATCHKEY_DEFAULT_VALIDATION_URL")]
     pub default_validation_url: Option<String>,
 
     /// A directory of email templates overriding the built-in ones (same
@@ -440,30 +458,15 @@ pub struct Settings {
     pub template_dir: Option<PathBuf>,
 
     /// Language of emails when neither the request nor the tenant names one.
-    #[arg(
-        long,
-        env = "LATCHKEY_DEFAULT_LOCALE",
-        default_value = "en",
-        global = true
-    )]
+    #[arg(long, env = "LATCHKEY_DEFAULT_LOCALE", default_value = "en")]
     pub default_locale: String,
 
     /// The `iss` claim of access tokens.
-    #[arg(
-        long,
-        env = "LATCHKEY_ISSUER",
-        default_value = "latchkey",
-        global = true
-    )]
+    #[arg(long, env = "LATCHKEY_ISSUER", default_value = "latchkey")]
     pub issuer: String,
 
     /// The `aud` claim of access tokens.
-    #[arg(
-        long,
-        env = "LATCHKEY_AUDIENCE",
-        default_value = "latchkey",
-        global = true
-    )]
+    #[arg(long, env = "LATCHKEY_AUDIENCE", default_value = "latchkey")]
     pub audience: String,
 
     /// Algorithm of newly generated signing keys.
@@ -476,11 +479,11 @@ pub struct Settings {
     pub signing_alg: SigningAlg,
 
     /// Lifetime of access tokens.
-    #[arg(long, env = "LATCHKEY_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = duration, global = true)]
+    #[arg(long, env = "LATCHKEY_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = duration)]
     pub access_token_ttl: Duration,
 
     /// Absolute lifetime of a login session (refreshing does not extend it).
-    #[arg(long, env = "LATCHKEY_SESSION_TTL", default_value = "30days", value_parser = duration, global = true)]
+    #[arg(long, env = "LATCHKEY_SESSION_TTL", default_value = "30days", value_parser = duration)]
     pub session_ttl: Duration,
 
     /// How long after a refresh token's first use a retry with it still gets
@@ -490,12 +493,12 @@ pub struct Settings {
 
     /// Number of digits in sign-in codes (6–10).
     #[arg(long, env = "LATCHKEY_CODE_LENGTH", default_value_t = 6,
-          value_parser = clap::value_parser!(u8).range(6..=10), global = true)]
+          value_parser = clap::value_parser!(u8).range(6..=10))]
     pub code_length: u8,
 
     /// How long a sign-in code or link works, counted from when the mail
     /// server accepted the email.
-    #[arg(long, env = "LATCHKEY_CODE_TTL", default_value = "10m", value_parser = duration, global = true)]
+    #[arg(long, env = "LATCHKEY_CODE_TTL", default_value = "10m", value_parser = duration)]
     pub code_ttl: Duration,
 
     /// However late the email goes out, a code or link never works longer
@@ -506,7 +509,7 @@ pub struct Settings {
     /// Verification attempts per login session, the successful one included;
     /// after that many wrong codes the session ends.
     #[arg(long, env = "LATCHKEY_CODE_MAX_ATTEMPTS", default_value_t = 5,
-          value_parser = clap::value_parser!(u32).range(1..=20), global = true)]
+          value_parser = clap::value_parser!(u32).range(1..=20))]
     pub code_max_attempts: u32,
 
     /// Length of the rate-limit windows (sends per address, starts per IP).
@@ -515,41 +518,21 @@ pub struct Settings {
 
     /// Sign-in emails per address per window (StartAuth and ResendCode);
     /// 0: no limit.
-    #[arg(
-        long,
-        env = "LATCHKEY_RATE_LIMIT_EMAIL",
-        default_value_t = 5,
-        global = true
-    )]
+    #[arg(long, env = "LATCHKEY_RATE_LIMIT_EMAIL", default_value_t = 5)]
     pub rate_limit_email: u32,
 
     /// StartAuth calls per client IP (`client.ip`) per window; 0: no limit.
-    #[arg(
-        long,
-        env = "LATCHKEY_RATE_LIMIT_IP",
-        default_value_t = 30,
-        global = true
-    )]
+    #[arg(long, env = "LATCHKEY_RATE_LIMIT_IP", default_value_t = 30)]
     pub rate_limit_ip: u32,
 
     /// Sign-in emails per tenant per minute, all addresses together; 0: no
     /// limit.
-    #[arg(
-        long,
-        env = "LATCHKEY_RATE_LIMIT_TENANT",
-        default_value_t = 1200,
-        global = true
-    )]
+    #[arg(long, env = "LATCHKEY_RATE_LIMIT_TENANT", default_value_t = 1200)]
     pub rate_limit_tenant: u32,
 
     /// Wrong codes per address per hour, across all its logins, before
     /// further attempts back off exponentially; 0: no budget.
-    #[arg(
-        long,
-        env = "LATCHKEY_VERIFY_FAILURE_BUDGET",
-        default_value_t = 10,
-        global = true
-    )]
+    #[arg(long, env = "LATCHKEY_VERIFY_FAILURE_BUDGET", default_value_t = 10)]
     pub verify_failure_budget: u32,
 
     /// The longest wait the failure backoff imposes between attempts.
@@ -559,7 +542,12 @@ pub struct Settings {
     /// Key-encryption key: 32 bytes, base64. Encrypts signing keys and queued
     /// mail at rest and keys the code hashes; every replica needs the same
     /// one. When unset, one is generated into `<data-dir>/kek` (development).
-    #[arg(long, env = "LATCHKEY_KEY_ENCRYPTION_KEY", global = true)]
+    #[arg(
+        long,
+        env = "LATCHKEY_KEY_ENCRYPTION_KEY",
+        hide_env_values = true,
+        global = true
+    )]
     pub key_encryption_key: Option<Secret>,
 
     /// How often each process reloads the signing keys from the database

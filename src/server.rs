@@ -17,10 +17,10 @@ use crate::{
         openapi, rest,
     },
     auth::{
-        AuthService, DEFAULT_TENANT, Parts, Policy,
-        admin::{Admin, create_development_key},
+        AuthService, Parts, Policy,
+        admin::{Admin, Live, create_development_key},
         apikeys::ApiKeys,
-        keys::KeyRing,
+        keys::KeyRings,
         tenants::Tenants,
     },
     clock::Clock,
@@ -51,7 +51,7 @@ pub struct Server {
     metrics_addr: SocketAddr,
     store: Store,
     auth: AuthService,
-    keys: KeyRing,
+    keys: KeyRings,
     worker: OutboxWorker,
     admin: Admin,
     clock: Clock,
@@ -98,15 +98,6 @@ impl Server {
         settings.validate()?;
         let kek = load_kek(&settings)?;
         let store = open_store(&settings).await?;
-        let keys = KeyRing::open(
-            store.clone(),
-            kek.clone(),
-            clock.clone(),
-            DEFAULT_TENANT,
-            settings.signing_alg,
-        )
-        .await
-        .context("loading the signing keys")?;
 
         let transport = match &settings.smtp_url {
             Some(url) => Transport::smtp(url.expose(), settings.smtp_timeout)?,
@@ -124,13 +115,27 @@ impl Server {
         let tenants = Tenants::load(store.clone(), defaults)
             .await
             .context("loading the tenants")?;
+        // Every tenant signs with keys of its own.
+        let tenant_ids: Vec<String> = tenants.all().iter().map(|t| t.id.clone()).collect();
+        let keys = KeyRings::open(
+            store.clone(),
+            kek.clone(),
+            clock.clone(),
+            settings.signing_alg,
+            tenant_ids.iter().map(String::as_str),
+        )
+        .await
+        .context("loading the signing keys")?;
         let api_keys = ApiKeys::load(store.clone(), clock.clone())
             .await
             .context("loading the API keys")?;
         let admin = Admin::new(
             store.clone(),
             tenants.clone(),
-            Some(api_keys.clone()),
+            Some(Live {
+                api_keys: api_keys.clone(),
+                signing_keys: keys.clone(),
+            }),
             clock.clone(),
         );
         // Zero-setup development: the first start on the embedded SQLite

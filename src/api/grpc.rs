@@ -199,11 +199,24 @@ impl auth_service_server::AuthService for GrpcAuth {
         )
     }
 
+    /// Public: the named tenant's keys; without a name, the tenant of the
+    /// API key sent (a key, if sent, must be valid), else the default
+    /// tenant's.
     async fn get_jwks(
         &self,
-        _request: Request<proto::GetJwksRequest>,
+        request: Request<proto::GetJwksRequest>,
     ) -> Result<Response<proto::GetJwksResponse>, Status> {
-        Ok(Response::new(self.api.get_jwks().as_ref().clone()))
+        let named = request.get_ref().tenant_id.trim().to_owned();
+        let tenant_id = match request.metadata().get("authorization") {
+            _ if !named.is_empty() => named,
+            None => crate::auth::DEFAULT_TENANT.to_owned(),
+            Some(header) => {
+                let caller = self.api.caller(header.to_str().ok(), Scope::App);
+                caller.map_err(status)?.id.clone()
+            }
+        };
+        let jwks = self.api.get_jwks(&tenant_id).await.map_err(status)?;
+        Ok(Response::new(jwks.as_ref().clone()))
     }
 }
 

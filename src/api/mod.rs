@@ -9,9 +9,12 @@ pub mod grpc;
 pub mod openapi;
 pub mod rest;
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use crate::{
@@ -21,20 +24,23 @@ use crate::{
     proto,
 };
 
+/// Tenant id -> (key set version, GetJwks response).
+type JwksCache = HashMap<String, (u64, Arc<proto::GetJwksResponse>)>;
+
 /// The AuthService operations on proto messages, for an authenticated
 /// caller's tenant (see [`Api::caller`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Api {
     auth: AuthService,
-    /// The GetJwks response, rebuilt only when the key set changes.
-    jwks: Arc<Mutex<(u64, Arc<proto::GetJwksResponse>)>>,
+    /// Each tenant's GetJwks response, rebuilt only when its key set changes.
+    jwks: Arc<Mutex<JwksCache>>,
 }
 
 impl Api {
     pub fn new(auth: AuthService) -> Self {
         Self {
             auth,
-            jwks: Arc::new(Mutex::new((0, Arc::new(proto::GetJwksResponse::default())))),
+            jwks: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -240,11 +246,19 @@ impl Api {
         self.auth.authenticate(authorization, scope)
     }
 
-    /// The GetJwks response (built once per key change).
-    pub fn get_jwks(&self) -> Arc<proto::GetJwksResponse> {
-        let jwks = self.auth.jwks();
-        let mut cached = self.jwks.lock().expect("jwks cache lock");
-        if cached.0 != jwks.version {
+    /// The GetJwks response of a tenant (built once per key change).
+    pub async fn get_jwks(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Arc<proto::GetJwksResponse>, AuthError> {
+        let jwks = self.auth.jwks(tenant_id).await?;
+        let mut cache = self.jwks.lock().expect("jwks cache lock");
+        if let Some((version, response)) = cache.get(tenant_id)
+            && *version == jwks.version
+        {
+            return Ok(response.clone());
+        }
+        {
             let keys = jwks
                 .keys
                 .iter()
@@ -260,14 +274,16 @@ impl Api {
                     r#use: k.use_.clone(),
                 })
                 .collect();
-            *cached = (jwks.version, Arc::new(proto::GetJwksResponse { keys }));
+            let response = Arc::new(proto::GetJwksResponse { keys });
+            cache.insert(tenant_id.to_owned(), (jwks.version, response.clone()));
+            Ok(response)
         }
-        cached.1.clone()
     }
 
-    /// The key set in its RFC 7517 JSON form, serialised once per change.
-    pub fn jwks_document(&self) -> Arc<Jwks> {
-        self.auth.jwks()
+    /// A tenant's key set in its RFC 7517 JSON form, serialised once per
+    /// change.
+    pub async fn jwks_document(&self, tenant_id: &str) -> Result<Arc<Jwks>, AuthError> {
+        self.auth.jwks(tenant_id).await
     }
 }
 

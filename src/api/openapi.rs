@@ -501,11 +501,10 @@ pub fn document() -> Value {
         }
         paths.insert(op.path.into(), json!({ op.method: operation }));
     }
-    paths.insert(
-        "/.well-known/jwks.json".into(),
+    let jwks_operation = |operation_id: &str, summary: &str| {
         json!({ "get": {
-            "operationId": "getJwks",
-            "summary": "The public keys that verify access tokens",
+            "operationId": operation_id,
+            "summary": summary,
             "description": d.rpc_comment("GetJwks").unwrap_or_default(),
             "parameters": [{
                 "name": "If-None-Match", "in": "header", "required": false,
@@ -523,7 +522,37 @@ pub fn document() -> Value {
                 },
                 "304": { "description": "Unchanged since the ETag in `If-None-Match`." }
             }
-        }}),
+        }})
+    };
+    paths.insert(
+        "/.well-known/jwks.json".into(),
+        jwks_operation(
+            "getJwks",
+            "The public keys that verify the default tenant's access tokens",
+        ),
+    );
+    let mut tenant_jwks = jwks_operation(
+        "getTenantJwks",
+        "The public keys that verify one tenant's access tokens",
+    );
+    let get = &mut tenant_jwks["get"];
+    get["parameters"]
+        .as_array_mut()
+        .expect("parameters")
+        .insert(
+            0,
+            json!({
+                "name": "tenant", "in": "path", "required": true,
+                "schema": { "type": "string" },
+                "description": "The tenant id (the `tid` claim of its tokens)."
+            }),
+        );
+    let mut unknown = json_body(schema_ref("Error"));
+    unknown["description"] = "No such tenant (`NOT_FOUND`).".into();
+    get["responses"]["404"] = unknown;
+    paths.insert(
+        "/tenants/{tenant}/.well-known/jwks.json".into(),
+        tenant_jwks,
     );
     paths.insert(
         "/healthz".into(),

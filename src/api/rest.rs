@@ -54,7 +54,8 @@ pub fn router(state: RestState) -> Router {
         ));
     Router::new()
         .merge(authenticated)
-        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/jwks.json", get(default_jwks))
+        .route("/tenants/{tenant}/.well-known/jwks.json", get(tenant_jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
@@ -133,9 +134,26 @@ async fn authenticate(
     }
 }
 
+/// The default tenant's JWKS.
+async fn default_jwks(State(s): State<RestState>, headers: HeaderMap) -> Response {
+    jwks(&s, crate::auth::DEFAULT_TENANT, &headers).await
+}
+
+/// A tenant's JWKS (each tenant signs with keys of its own).
+async fn tenant_jwks(
+    State(s): State<RestState>,
+    axum::extract::Path(tenant): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    jwks(&s, &tenant, &headers).await
+}
+
 /// The JWKS in its RFC 7517 shape, cacheable, with an ETag for revalidation.
-async fn jwks(State(s): State<RestState>, headers: HeaderMap) -> Response {
-    let jwks = s.api.jwks_document();
+async fn jwks(s: &RestState, tenant_id: &str, headers: &HeaderMap) -> Response {
+    let jwks = match s.api.jwks_document(tenant_id).await {
+        Ok(jwks) => jwks,
+        Err(e) => return RestError::from(e).into_response(),
+    };
     let etag = format!("\"{}\"", jwks.etag);
     let cache = format!("public, max-age={}", s.jwks_max_age.as_secs());
     let matches = headers
@@ -206,6 +224,9 @@ pub fn http_call_name(path: &str) -> (&'static str, &'static str) {
     }
     match path {
         "/.well-known/jwks.json" => ("/.well-known/jwks.json", "GetJwks"),
+        p if p.starts_with("/tenants/") && p.ends_with("/.well-known/jwks.json") => {
+            ("/tenants/{tenant}/.well-known/jwks.json", "GetJwks")
+        }
         "/healthz" => ("/healthz", "healthz"),
         "/readyz" => ("/readyz", "readyz"),
         "/openapi.json" => ("/openapi.json", "openapi"),

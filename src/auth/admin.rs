@@ -8,6 +8,7 @@ use super::{
     DEFAULT_TENANT, User,
     apikeys::{self, ApiKeys, Scope},
     email::EmailAddress,
+    keys::KeyRings,
     tenants::{SETTING_NAMES, Tenant, TenantSettings, Tenants, effective_policy},
 };
 use crate::{
@@ -50,17 +51,31 @@ pub struct Admin {
     store: Store,
     tenants: Tenants,
     api_keys: Option<ApiKeys>,
+    signing_keys: Option<KeyRings>,
     clock: Clock,
 }
 
+/// A running server's in-memory state the admin operations keep current at
+/// once (the command line has none: servers catch up within a second).
+pub struct Live {
+    pub api_keys: ApiKeys,
+    pub signing_keys: KeyRings,
+}
+
 impl Admin {
-    /// `api_keys`: the in-memory keys of a running server, to reload at once
-    /// after a change (the command line has none).
-    pub fn new(store: Store, tenants: Tenants, api_keys: Option<ApiKeys>, clock: Clock) -> Self {
+    pub fn new(store: Store, tenants: Tenants, live: Option<Live>, clock: Clock) -> Self {
+        let (api_keys, signing_keys) = match live {
+            Some(Live {
+                api_keys,
+                signing_keys,
+            }) => (Some(api_keys), Some(signing_keys)),
+            None => (None, None),
+        };
         Self {
             store,
             tenants,
             api_keys,
+            signing_keys,
             clock,
         }
     }
@@ -98,7 +113,16 @@ impl Admin {
             )));
         }
         self.reload().await?;
+        // Its first signing key, so its JWKS is there before its first login.
+        if let Some(keys) = &self.signing_keys {
+            keys.ring(&id).await.map_err(AuthError::Internal)?;
+        }
         self.tenant(&id)
+    }
+
+    /// The server defaults tenants inherit.
+    pub fn defaults(&self) -> &super::Policy {
+        self.tenants.defaults()
     }
 
     pub fn tenant(&self, id: &str) -> Result<Arc<Tenant>, AuthError> {

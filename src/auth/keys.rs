@@ -1,5 +1,6 @@
 //! Access-token signing keys: generation, rotation, the in-memory key ring
-//! that signs, and the JWKS that publishes the public halves.
+//! that signs, and the JWKS that publishes the public halves. Every tenant
+//! has keys of its own.
 //!
 //! Keys live in the database with the private part sealed under the KEK. Each
 //! process decrypts and parses a key once, when it first sees it, and reloads
@@ -9,6 +10,7 @@
 //! until every token it signed has expired.
 
 use std::{
+    collections::HashMap,
     fmt,
     sync::{Arc, RwLock},
     time::Duration,
@@ -417,6 +419,117 @@ impl KeyRing {
             .ok()
             .map(|data| data.claims)
     }
+}
+
+/// Every tenant's signing keys. Each tenant signs with keys of its own and
+/// publishes them in a JWKS of its own, so a token of one tenant never
+/// verifies against another tenant's key set, whatever its claims say. A
+/// tenant's ring is opened (its first key made, active at once) the first
+/// time the tenant needs it. Cheap to clone.
+#[derive(Clone)]
+pub struct KeyRings {
+    inner: Arc<RingsInner>,
+}
+
+struct RingsInner {
+    store: Store,
+    kek: Kek,
+    clock: Clock,
+    /// Algorithm of a tenant's first key.
+    alg: SigningAlg,
+    rings: RwLock<HashMap<String, KeyRing>>,
+    /// One opening at a time in this process (another process racing us is
+    /// settled by the database: one generation 1 per tenant).
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for KeyRings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rings = self.inner.rings.read().expect("key rings lock");
+        f.debug_struct("KeyRings")
+            .field("tenants", &rings.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRings {
+    /// Opens the rings of `tenant_ids` (creating their first keys where
+    /// there are none).
+    pub async fn open<'a>(
+        store: Store,
+        kek: Kek,
+        clock: Clock,
+        alg: SigningAlg,
+        tenant_ids: impl IntoIterator<Item = &'a str>,
+    ) -> anyhow::Result<Self> {
+        let rings = Self {
+            inner: Arc::new(RingsInner {
+                store,
+                kek,
+                clock,
+                alg,
+                rings: RwLock::new(HashMap::new()),
+                opening: tokio::sync::Mutex::new(()),
+            }),
+        };
+        for id in tenant_ids {
+            rings
+                .ring(id)
+                .await
+                .with_context(|| format!("loading the signing keys of tenant {id}"))?;
+        }
+        Ok(rings)
+    }
+
+    /// The tenant's ring if this process has opened it.
+    pub fn get(&self, tenant_id: &str) -> Option<KeyRing> {
+        let rings = self.inner.rings.read().expect("key rings lock");
+        rings.get(tenant_id).cloned()
+    }
+
+    /// The tenant's ring, opened now if this process has not yet.
+    pub async fn ring(&self, tenant_id: &str) -> anyhow::Result<KeyRing> {
+        if let Some(ring) = self.get(tenant_id) {
+            return Ok(ring);
+        }
+        let inner = &self.inner;
+        let _one_at_a_time = inner.opening.lock().await;
+        if let Some(ring) = self.get(tenant_id) {
+            return Ok(ring);
+        }
+        let ring = KeyRing::open(
+            inner.store.clone(),
+            inner.kek.clone(),
+            inner.clock.clone(),
+            tenant_id,
+            inner.alg,
+        )
+        .await?;
+        inner
+            .rings
+            .write()
+            .expect("key rings lock")
+            .insert(tenant_id.to_owned(), ring.clone());
+        Ok(ring)
+    }
+
+    /// Re-reads every open ring's keys; logs the rings whose set changed.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let rings: Vec<KeyRing> = {
+            let rings = self.inner.rings.read().expect("key rings lock");
+            rings.values().cloned().collect()
+        };
+        for ring in rings {
+            if ring.reload().await? {
+                tracing::info!(
+                    tenant = %ring.inner.tenant_id,
+                    keys = ?ring.jwks().keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+                    "signing keys changed"
+                );
+            }
+        }
+        Ok(())
+    }
 
     /// Reloads every `interval` until `stop` fires; errors are logged and
     /// retried at the next tick.
@@ -432,18 +545,19 @@ impl KeyRing {
                 _ = stop.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            match self.reload().await {
-                Ok(true) => tracing::info!(
-                    keys = ?self.jwks().keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
-                    "signing keys changed"
-                ),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "reloading signing keys failed")
-                }
+            if let Err(e) = self.reload().await {
+                tracing::warn!(error = %format!("{e:#}"), "reloading signing keys failed");
             }
         }
     }
+}
+
+/// How long the keys a rotation replaces stay published after the new key
+/// starts signing: the longest access-token lifetime the tenant may have
+/// used, plus the time a replica may take to notice the new key, plus clock
+/// skew.
+pub fn retirement_delay(longest_token_ttl: Duration, reload_interval: Duration) -> Duration {
+    longest_token_ttl + reload_interval + Duration::from_secs(60)
 }
 
 /// Adds a new key for `tenant_id` that signs after `activate_in`; every older

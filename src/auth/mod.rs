@@ -30,7 +30,7 @@ use crate::{
 };
 use apikeys::{ApiKeys, Scope};
 use email::EmailAddress;
-use keys::{Jwks, KeyRing};
+use keys::{Jwks, KeyRings};
 use secrets::{CodeHasher, RefreshToken};
 use tenants::{SignupPolicy, Tenant, Tenants};
 
@@ -223,7 +223,7 @@ pub struct AuthService {
 
 struct Inner {
     store: Store,
-    keys: KeyRing,
+    keys: KeyRings,
     tenants: Tenants,
     api_keys: ApiKeys,
     codes: CodeHasher,
@@ -246,7 +246,7 @@ const NOTIFY_EVERY_MS: i64 = 100;
 /// What the service is built from.
 pub struct Parts {
     pub store: Store,
-    pub keys: KeyRing,
+    pub keys: KeyRings,
     pub tenants: Tenants,
     pub api_keys: ApiKeys,
     pub kek: Kek,
@@ -747,7 +747,10 @@ impl AuthService {
             "link"
         };
         let mut expired = false;
-        let result = self.check_proof(tenant, proof, &mut expired).await;
+        let result = match self.signing_keys_ready(tenant).await {
+            Ok(()) => self.check_proof(tenant, proof, &mut expired).await,
+            Err(e) => Err(e),
+        };
         let outcome = match &result {
             Ok(_) => "ok",
             Err(AuthError::CodeInvalid) if expired => "expired",
@@ -962,7 +965,10 @@ impl AuthService {
     #[tracing::instrument(name = "refresh", skip_all, fields(tenant = %tenant.id, session_id))]
     pub async fn refresh(&self, tenant: &Tenant, refresh_token: &str) -> Result<Tokens, AuthError> {
         let mut retried = false;
-        let result = self.rotate(tenant, refresh_token, &mut retried).await;
+        let result = match self.signing_keys_ready(tenant).await {
+            Ok(()) => self.rotate(tenant, refresh_token, &mut retried).await,
+            Err(e) => Err(e),
+        };
         let outcome = match &result {
             Ok(_) if retried => "retried",
             Ok(_) => "ok",
@@ -1172,6 +1178,14 @@ impl AuthService {
                 };
                 if changed("tenants") {
                     inner.tenants.reload().await?;
+                    // A new tenant's keys are ready before its first login.
+                    for tenant in inner.tenants.all() {
+                        inner
+                            .keys
+                            .ring(&tenant.id)
+                            .await
+                            .map_err(AuthError::Internal)?;
+                    }
                 }
                 if changed("api_keys") {
                     inner.api_keys.reload().await?;
@@ -1257,9 +1271,30 @@ impl AuthService {
         }
     }
 
-    /// The published signing keys.
-    pub fn jwks(&self) -> Arc<Jwks> {
-        self.inner.keys.jwks()
+    /// The signing keys `tenant_id` publishes.
+    pub async fn jwks(&self, tenant_id: &str) -> Result<Arc<Jwks>, AuthError> {
+        if self.inner.tenants.get(tenant_id).is_none() {
+            return Err(AuthError::NotFound("tenant"));
+        }
+        let ring = self
+            .inner
+            .keys
+            .ring(tenant_id)
+            .await
+            .map_err(AuthError::Internal)?;
+        Ok(ring.jwks())
+    }
+
+    /// The tenant's signing keys, loaded (or its first key made) now if this
+    /// process has not yet: before any transaction begins, so signing inside
+    /// one never waits on the database.
+    async fn signing_keys_ready(&self, tenant: &Tenant) -> Result<(), AuthError> {
+        self.inner
+            .keys
+            .ring(&tenant.id)
+            .await
+            .map(|_| ())
+            .map_err(AuthError::Internal)
     }
 
     /// Signs an access token for a session, never outliving the session.
@@ -1287,7 +1322,13 @@ impl AuthService {
             exp,
             jti: uuid::Uuid::now_v7().to_string(),
         };
-        let token = self.inner.keys.sign(&claims).map_err(AuthError::Internal)?;
+        let ring = self.inner.keys.get(&tenant.id).ok_or_else(|| {
+            AuthError::Internal(anyhow::anyhow!(
+                "the signing keys of tenant {} are not loaded",
+                tenant.id
+            ))
+        })?;
+        let token = ring.sign(&claims).map_err(AuthError::Internal)?;
         let expires_in = i32::try_from(exp - iat).unwrap_or(i32::MAX).max(0);
         Ok((token, expires_in))
     }

@@ -156,7 +156,14 @@ impl AuthService {
             ));
         }
         let policy = &tenant.policy;
-        let Some(claims) = self.inner.keys.verify::<TokenClaims>(token) else {
+        // Only this tenant's keys: another tenant's token never verifies here.
+        let ring = self
+            .inner
+            .keys
+            .ring(&tenant.id)
+            .await
+            .map_err(AuthError::Internal)?;
+        let Some(claims) = ring.verify::<TokenClaims>(token) else {
             return Ok(Introspection::default());
         };
         if claims.tid != tenant.id || claims.iss != policy.issuer || claims.aud != policy.audience {

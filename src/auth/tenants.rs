@@ -166,16 +166,34 @@ impl TenantSettings {
         Ok(())
     }
 
+    /// These settings but the one named.
+    fn only(&self, name: &str) -> TenantSettings {
+        let mut only = self.clone();
+        for other in SETTING_NAMES.iter().filter(|n| **n != name) {
+            only.clear(other).expect("a known setting");
+        }
+        only
+    }
+
+    /// The settings that are set but change nothing: each, on its own,
+    /// leaves `defaults` as they are.
+    pub fn repeating_defaults(&self, defaults: &Policy) -> Vec<&'static str> {
+        SETTING_NAMES
+            .into_iter()
+            .filter(|name| {
+                let only = self.only(name);
+                only != TenantSettings::default()
+                    && only.apply(defaults).is_ok_and(|p| p == *defaults)
+            })
+            .collect()
+    }
+
     /// Each setting on its own onto `defaults`, skipping those that fail;
     /// the access-token lifetime is capped at the session's.
     fn apply_each(&self, defaults: &Policy) -> Policy {
         let mut policy = defaults.clone();
         for name in SETTING_NAMES {
-            let mut only = self.clone();
-            for other in SETTING_NAMES.iter().filter(|n| **n != name) {
-                only.clear(other).expect("a known setting");
-            }
-            if let Ok(p) = only.apply(&policy) {
+            if let Ok(p) = self.only(name).apply(&policy) {
                 policy = p;
             }
         }

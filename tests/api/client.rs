@@ -126,7 +126,7 @@ impl ApiClient {
         match self {
             Self::Grpc { client, .. } => client
                 .clone()
-                .get_jwks(proto::GetJwksRequest {})
+                .get_jwks(proto::GetJwksRequest::default())
                 .await
                 .expect("GetJwks")
                 .into_inner(),
@@ -154,6 +154,34 @@ impl ApiClient {
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
+        http_answer(request).await
+    }
+
+    /// GetJwks of a named tenant, sending no key: `tenant_id` over gRPC,
+    /// the tenant's own `/.well-known` path over HTTP.
+    pub async fn tenant_jwks(&self, tenant: &str) -> Result<proto::GetJwksResponse, ApiError> {
+        match self {
+            Self::Grpc { client, .. } => grpc(
+                client
+                    .clone()
+                    .get_jwks(proto::GetJwksRequest {
+                        tenant_id: tenant.to_owned(),
+                    })
+                    .await,
+            ),
+            Self::Http { client, base, .. } => {
+                let url = format!("{base}/tenants/{tenant}/.well-known/jwks.json");
+                http_answer(client.get(url)).await
+            }
+        }
+    }
+}
+
+/// A JSON gateway answer: the body as `Resp`, or the error it reports.
+async fn http_answer<Resp: DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+) -> Result<Resp, ApiError> {
+    {
         let response = request.send().await.expect("HTTP request");
         let status = response.status().as_u16();
         let retry_after = response

@@ -7,6 +7,7 @@ mod helpers;
 
 mod abuse;
 mod bad_input;
+mod cli;
 mod codes;
 mod gateway;
 mod keys;

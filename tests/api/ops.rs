@@ -543,7 +543,7 @@ async fn sigterm_drains_a_call_in_flight_and_exits_zero() {
     // delay, and liveness is unaffected.
     let mut fresh = AuthServiceClient::new(served.grpc_channel().await);
     fresh
-        .get_jwks(proto::GetJwksRequest {})
+        .get_jwks(proto::GetJwksRequest::default())
         .await
         .expect("served during the delay");
     let ready = reqwest::get(format!("http://{}/readyz", served.http))

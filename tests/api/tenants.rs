@@ -451,13 +451,13 @@ async fn a_key_revoked_on_one_process_is_refused_by_another_within_five_seconds(
     }
 }
 
-async fn admin_client(app: &TestApp) -> AdminServiceClient<Channel> {
+pub(crate) async fn admin_client(app: &TestApp) -> AdminServiceClient<Channel> {
     AdminServiceClient::connect(format!("http://{}", app.addr))
         .await
         .unwrap()
 }
 
-fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+pub(crate) fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {key}").parse().unwrap());

@@ -159,6 +159,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   prefix: true
 - path: /.well-known/jwks.json
   prefix: false
+- path: /tenants
+  prefix: true
 {{- end }}
 
 {{/* The checksum of everything that goes into the chart's Secret, from the values
