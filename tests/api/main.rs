@@ -9,6 +9,7 @@ mod abuse;
 mod bad_input;
 mod codes;
 mod gateway;
+mod identity;
 mod keys;
 mod links;
 mod login;
