@@ -2,7 +2,8 @@
 //! providers deliver to one mailbox is one user, one rate-limit bucket and
 //! one wrong-code budget; addresses that cannot be sent (or hide invisible
 //! characters) are refused before anything is written; migrating an older
-//! database makes its addresses canonical.
+//! database makes its addresses canonical; deleting a user leaves their
+//! address nowhere.
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,7 +23,10 @@ matrix!(
     spellings_of_one_mailbox_share_one_wrong_code_budget,
     unsendable_and_invisible_addresses_are_refused_and_nothing_is_written,
 );
-both_backends!(migrating_makes_stored_addresses_canonical_and_keeps_the_oldest_user);
+both_backends!(
+    migrating_makes_stored_addresses_canonical_and_keeps_the_oldest_user,
+    deleting_a_user_erases_their_address_everywhere,
+);
 
 const CANONICAL: &str = "alice@example.com";
 
@@ -251,4 +255,87 @@ async fn migrating_makes_stored_addresses_canonical_and_keeps_the_oldest_user(ba
         .await
         .unwrap();
     assert!(superseded.email.contains("superseded"));
+}
+
+/// Every text value stored in any table.
+async fn every_text_value(app: &TestApp) -> Vec<String> {
+    use sqlx::AssertSqlSafe;
+    let mut values = Vec::new();
+    match app.db_pool().await {
+        TestPool::Postgres(pool) => {
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT CAST(table_name AS TEXT) FROM information_schema.tables \
+                 WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            for table in tables {
+                let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT CAST(t AS TEXT) FROM {table} t"
+                )))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                values.extend(rows);
+            }
+            pool.close().await;
+        }
+        TestPool::Sqlite(pool) => {
+            let tables: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            for table in tables {
+                let columns: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT name FROM pragma_table_info('{table}') WHERE type = 'TEXT'"
+                )))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                for column in columns {
+                    let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+                        "SELECT {column} FROM {table} WHERE {column} IS NOT NULL"
+                    )))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                    values.extend(rows);
+                }
+            }
+            pool.close().await;
+        }
+    }
+    values
+}
+
+async fn deleting_a_user_erases_their_address_everywhere(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let login = app.login("gone@example.com").await;
+    let user_id = login.verify.user.unwrap().id;
+    // Since then: a login ended by wrong codes, and one still pending.
+    let (ended, code) = app.start_and_read_code("gone@example.com").await;
+    for _ in 0..5 {
+        let _ = app.verify(&ended, &wrong(&code)).await;
+    }
+    let (pending, code) = app.start_and_read_code("gone@example.com").await;
+    app.login("kept@example.com").await;
+
+    app.admin.delete_user("default", &user_id).await.unwrap();
+
+    let values = every_text_value(&app).await;
+    let left: Vec<&String> = values.iter().filter(|v| v.contains("gone@")).collect();
+    assert!(left.is_empty(), "the address is still stored: {left:?}");
+    // (The dump does see addresses: the other user's is there.)
+    assert!(values.iter().any(|v| v.contains("kept@example.com")));
+    // The pending login went with it.
+    assert_eq!(
+        app.verify(&pending, &code).await.unwrap_err().code,
+        "CODE_INVALID"
+    );
+    // The address may sign up again, as a new user.
+    let again = app.login("gone@example.com").await;
+    assert!(again.verify.new_user);
+    assert_ne!(again.verify.user.unwrap().id, user_id);
 }
