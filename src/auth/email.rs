@@ -1,10 +1,27 @@
 //! Email addresses as latchkey identifies users by them.
 //!
-//! Normalisation rule (documented in the README): surrounding whitespace is
-//! removed and the domain (after the last `@`) is lower-cased; the local part
-//! is kept exactly as given, because RFC 5321 lets mail servers treat it as
-//! case-sensitive. Two inputs that normalise to the same text are the same
-//! user of a tenant.
+//! One mailbox is one identity. [`EmailAddress::parse`] turns what a caller
+//! typed into the address's one canonical form, which is what users, rate
+//! limits, wrong-code budgets, sessions and the outbox store (the rule is
+//! stated in the README, "One mailbox, one identity"):
+//!
+//! - surrounding whitespace is removed;
+//! - the local part is case-insensitive (lower-cased, as every major mail
+//!   and identity provider treats it);
+//! - a quoted local part is unquoted, and quoted-pairs unescaped
+//!   (`"al\ice"` is `alice`); a local part that would still need quotes
+//!   after that (`"a<b>c"`, `"a..b"`) is refused: no mail path delivers it
+//!   reliably;
+//! - the domain is IDNA-normalised to lower-case ASCII (`Bücher.example` is
+//!   `xn--bcher-kva.example`); address literals (`[127.0.0.1]`) are refused;
+//! - invisible characters (soft hyphen, zero-width and direction marks, word
+//!   joiner, byte-order mark, variation selectors, tags) and full-width forms
+//!   are refused, never silently dropped: they make one address look like
+//!   another.
+//!
+//! The result is always accepted by lettre, which sends the mail: the outbox
+//! builds its recipient with [`EmailAddress::parse`] too, so StartAuth and
+//! the mail path share one validation.
 
 use std::fmt;
 
@@ -14,12 +31,15 @@ use crate::error::AuthError;
 pub const MAX_EMAIL_LEN: usize = 254;
 const MAX_LOCAL_LEN: usize = 64;
 
-/// A syntactically valid, normalised email address.
+const LIKE_NAME_AT_EXAMPLE: &str = "must be an address like name@example.com";
+
+/// A valid email address in its canonical form.
 #[derive(Clone, PartialEq, Eq)]
-pub struct EmailAddress(String);
+pub struct EmailAddress(lettre::Address);
 
 impl EmailAddress {
-    /// Validates and normalises `input` (the `email` request field).
+    /// Validates `input` (the `email` request field) and returns its
+    /// canonical form.
     pub fn parse(input: &str) -> Result<Self, AuthError> {
         let invalid = |reason: &str| AuthError::invalid("email", reason);
         let trimmed = input.trim();
@@ -29,38 +49,136 @@ impl EmailAddress {
         if trimmed.len() > MAX_EMAIL_LEN {
             return Err(invalid("must be at most 254 characters"));
         }
+        if trimmed.chars().any(is_invisible_or_full_width) {
+            return Err(invalid(
+                "must not contain invisible characters (soft hyphens, zero-width or \
+                 direction marks) or full-width forms",
+            ));
+        }
         if trimmed.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(invalid("must not contain spaces or control characters"));
         }
         let Some((local, domain)) = trimmed.rsplit_once('@') else {
-            return Err(invalid("must be an address like name@example.com"));
+            return Err(invalid(LIKE_NAME_AT_EXAMPLE));
         };
         if local.is_empty() || domain.is_empty() {
-            return Err(invalid("must be an address like name@example.com"));
+            return Err(invalid(LIKE_NAME_AT_EXAMPLE));
         }
+        let local = canonical_local_part(local).map_err(invalid)?;
+        let domain = canonical_domain(domain).map_err(invalid)?;
         if local.len() > MAX_LOCAL_LEN {
             return Err(invalid("the part before @ must be at most 64 characters"));
         }
-        let domain = domain.to_lowercase();
-        // lettre's address grammar is what the SMTP transport will accept, so
-        // an address that passes here can always be sent to.
-        if lettre::Address::new(local, &domain).is_err() {
-            return Err(invalid("must be an address like name@example.com"));
+        if local.len() + 1 + domain.len() > MAX_EMAIL_LEN {
+            return Err(invalid("must be at most 254 characters"));
         }
-        if !domain.contains('.') && !domain.starts_with('[') && domain != "localhost" {
-            return Err(invalid("the domain must contain a dot, like example.com"));
-        }
-        Ok(Self(format!("{local}@{domain}")))
+        // lettre sends the mail: what it refuses is refused here.
+        let address =
+            lettre::Address::new(&local, &domain).map_err(|_| invalid(LIKE_NAME_AT_EXAMPLE))?;
+        Ok(Self(address))
     }
 
+    /// The canonical form.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_ref()
+    }
+
+    /// The address as lettre sends to it.
+    pub fn to_lettre(&self) -> lettre::Address {
+        self.0.clone()
     }
 
     /// A form safe for logs: first character of the local part and the domain.
     pub fn masked(&self) -> String {
-        mask(&self.0)
+        mask(self.as_str())
     }
+}
+
+/// The canonical form of a stored address (written by an older release),
+/// or `None` when it is no longer accepted. For the data migration.
+pub fn canonical(stored: &str) -> Option<String> {
+    EmailAddress::parse(stored)
+        .ok()
+        .map(|e| e.as_str().to_owned())
+}
+
+/// Characters that make one address look like another: invisible ones
+/// (which IDNA would silently drop from a domain) and full-width forms.
+fn is_invisible_or_full_width(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'                     // soft hyphen
+        | '\u{034F}'                   // combining grapheme joiner
+        | '\u{061C}'                   // Arabic letter mark
+        | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' // Hangul fillers
+        | '\u{17B4}' | '\u{17B5}'       // Khmer inherent vowels
+        | '\u{180B}'..='\u{180F}'       // Mongolian selectors, vowel separator
+        | '\u{200B}'..='\u{200F}'       // zero-width space/joiners, LRM, RLM
+        | '\u{202A}'..='\u{202E}'       // bidi embeddings and overrides
+        | '\u{2060}'..='\u{2064}'       // word joiner, invisible operators
+        | '\u{2066}'..='\u{206F}'       // bidi isolates, deprecated format chars
+        | '\u{FE00}'..='\u{FE0F}'       // variation selectors
+        | '\u{FEFF}'                   // byte-order mark
+        | '\u{FF01}'..='\u{FF5E}'       // full-width ASCII forms
+        | '\u{1D173}'..='\u{1D17A}'     // musical formatting
+        | '\u{E0000}'..='\u{E0FFF}' // tags, variation selectors supplement
+    )
+}
+
+/// RFC 5322 `atext` (and RFC 6531 non-ASCII).
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+}
+
+/// RFC 5322 `dot-atom-text`: atext runs separated by single dots.
+fn is_dot_atom(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .split('.')
+            .all(|a| !a.is_empty() && a.chars().all(is_atext))
+}
+
+/// The local part unquoted and lower-cased.
+fn canonical_local_part(local: &str) -> Result<String, &'static str> {
+    let unquoted = match local.strip_prefix('"') {
+        Some(rest) => {
+            let inner = rest.strip_suffix('"').ok_or(LIKE_NAME_AT_EXAMPLE)?;
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => out.push(chars.next().ok_or(LIKE_NAME_AT_EXAMPLE)?),
+                    '"' => return Err(LIKE_NAME_AT_EXAMPLE),
+                    c => out.push(c),
+                }
+            }
+            if !is_dot_atom(&out) {
+                return Err(
+                    "a quoted part before @ is accepted only when it needs no quotes \
+                     (letters, digits, dots and !#$%&'*+-/=?^_`{|}~)",
+                );
+            }
+            out
+        }
+        None if is_dot_atom(local) => local.to_owned(),
+        None => return Err(LIKE_NAME_AT_EXAMPLE),
+    };
+    Ok(unquoted.to_lowercase())
+}
+
+/// The domain in lower-case ASCII (IDNA, UTS #46 with STD3 rules).
+fn canonical_domain(domain: &str) -> Result<String, &'static str> {
+    if domain.starts_with('[') {
+        return Err("the part after @ must be a domain name, not an address literal");
+    }
+    let ascii = idna::domain_to_ascii_strict(domain).map_err(|_| LIKE_NAME_AT_EXAMPLE)?;
+    if ascii.is_empty() {
+        return Err(LIKE_NAME_AT_EXAMPLE);
+    }
+    if !ascii.contains('.') && ascii != "localhost" {
+        return Err("the domain must contain a dot, like example.com");
+    }
+    Ok(ascii)
 }
 
 /// Masks an address for logs: `a***@example.com`.
@@ -109,7 +227,7 @@ impl fmt::Debug for EmailAddress {
 
 impl fmt::Display for EmailAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -117,16 +235,95 @@ impl fmt::Display for EmailAddress {
 mod tests {
     use super::*;
 
-    #[test]
-    fn whitespace_is_trimmed_and_only_the_domain_is_lower_cased() {
-        let e = EmailAddress::parse("  Alice.Smith@Example.COM \n").unwrap();
-        assert_eq!(e.as_str(), "Alice.Smith@example.com");
+    fn canonical_of(input: &str) -> String {
+        EmailAddress::parse(input)
+            .unwrap_or_else(|e| panic!("{input:?}: {e}"))
+            .as_str()
+            .to_owned()
     }
 
     #[test]
-    fn plus_addressing_and_subdomains_are_kept() {
-        let e = EmailAddress::parse("bob+tag@Mail.Example.org").unwrap();
-        assert_eq!(e.as_str(), "bob+tag@mail.example.org");
+    fn every_spelling_of_one_mailbox_has_one_canonical_form() {
+        for spelling in [
+            "alice@example.com",
+            "  Alice@Example.COM \n",
+            "ALICE@EXAMPLE.COM",
+            "\"alice\"@example.com",
+            "\"al\\ice\"@example.com",
+            "\"\\A\\L\\I\\C\\E\"@example.com",
+        ] {
+            assert_eq!(canonical_of(spelling), "alice@example.com", "{spelling:?}");
+        }
+        assert_eq!(
+            canonical_of("\"first.last\"@example.com"),
+            "first.last@example.com"
+        );
+        assert_eq!(
+            canonical_of("bob@Bücher.Example"),
+            "bob@xn--bcher-kva.example"
+        );
+        assert_eq!(
+            canonical_of("bob@xn--BCHER-kva.example"),
+            "bob@xn--bcher-kva.example"
+        );
+        assert_eq!(canonical_of("José@example.com"), "josé@example.com");
+    }
+
+    #[test]
+    fn the_canonical_form_is_stable_and_lettre_sends_to_it() {
+        use lettre::message::Mailbox;
+        for input in [
+            "Alice@example.com",
+            "\"o'brien\"@example.com",
+            "a.b+tag@mail.example.org",
+            "x!#$%&'*+-/=?^_`{|}~@example.com",
+            "bob@Bücher.example",
+            "dev@localhost",
+        ] {
+            let canonical = canonical_of(input);
+            assert_eq!(canonical_of(&canonical), canonical, "{input:?}");
+            assert_eq!(super::canonical(&canonical).as_deref(), Some(&*canonical));
+            let mailbox: Mailbox = canonical
+                .parse()
+                .unwrap_or_else(|e| panic!("{input:?}: {e}"));
+            assert_eq!(mailbox.email.to_string(), canonical);
+        }
+    }
+
+    #[test]
+    fn unsendable_and_look_alike_addresses_are_refused() {
+        for bad in [
+            "alice@[127.0.0.1]",
+            "alice@[IPv6:::1]",
+            "\"a<b>c\"@example.com",
+            "\"a@b\"@example.com",
+            "\"a..b\"@example.com",
+            "\".alice\"@example.com",
+            "\"al\"ice\"@example.com",
+            "\"alice@example.com",
+            "a\"lice\"@example.com",
+            "alice@example.com.",
+            "alice@-example.com",
+            "alice@exa_mple.com",
+            "al\u{AD}ice@example.com",
+            "alice@exam\u{AD}ple.com",
+            "al\u{200B}ice@example.com",
+            "alice\u{200C}@example.com",
+            "ali\u{200D}ce@example.com",
+            "alice@example\u{2060}.com",
+            "\u{FEFF}alice@example.com",
+            "ali\u{202E}ecil@example.com",
+            "alice\u{200F}@example.com",
+            "alice@exa\u{2066}mple.com",
+            "alice\u{FE0F}@example.com",
+            "\u{FF41}lice@example.com",
+            "alice@\u{FF45}xample.com",
+            "alice\u{FF20}example.com",
+        ] {
+            let err = EmailAddress::parse(bad).unwrap_err();
+            assert_eq!(err.field(), Some("email"), "{bad:?}");
+        }
+        assert_eq!(super::canonical("alice@[127.0.0.1]"), None);
     }
 
     #[test]

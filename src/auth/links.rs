@@ -2,10 +2,15 @@
 //! one is made from a validation URL and a link token.
 //!
 //! An allowlist entry fixes scheme, host and port exactly and gives a path
-//! prefix (matched at a segment boundary). URLs are compared after parsing
-//! (so `https://app.example.com.evil.com`, `https://app.example.com@evil.com`
-//! and `javascript:` never match an entry for `https://app.example.com`), must
-//! carry no user info, and must be https unless the host is loopback.
+//! prefix, compared segment by segment (`/auth` allows `/auth` and
+//! `/auth/cb`, never `/authx`). URLs are compared after parsing (so
+//! `https://app.example.com.evil.com`, `https://app.example.com@evil.com`
+//! and `javascript:` never match an entry for `https://app.example.com`),
+//! must carry no user info, and must be https unless the host is loopback.
+//! A path holding a percent-encoded `/`, `\` or `.` (`%2F`, `%5C`, `%2E`,
+//! any case) or a `.`/`..` segment is refused outright: the allowlist would
+//! see one path and many web servers, after decoding, another
+//! (`/auth/..%2fadmin` is `/admin` to them).
 
 use url::Url;
 
@@ -42,7 +47,32 @@ fn acceptable(text: &str) -> Result<Url, &'static str> {
     if url.host().is_none() {
         return Err("must have a host");
     }
+    if has_ambiguous_path(&url) {
+        return Err(
+            "must not contain an encoded `/`, `\\` or `.` (%2F, %5C, %2E) or a `.`/`..` segment in its path",
+        );
+    }
     Ok(url)
+}
+
+/// Whether a path could mean other segments to a web server than it means
+/// here: percent-encoded separators or dots, or dot segments (the URL
+/// parser resolves literal ones; this is the guard should one remain).
+fn has_ambiguous_path(url: &Url) -> bool {
+    let path = url.path().to_ascii_lowercase();
+    ["%2f", "%5c", "%2e"].iter().any(|e| path.contains(e))
+        || path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+}
+
+/// Whether `path` is `prefix` or lies under it, segment by segment.
+fn path_within(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some("") => true,
+        Some(rest) => prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
 }
 
 impl AllowedUrl {
@@ -60,14 +90,10 @@ impl AllowedUrl {
     }
 
     fn permits(&self, url: &Url) -> bool {
-        let path = url.path();
-        let prefix_ok = path == self.path
-            || (path.starts_with(&self.path)
-                && (self.path.ends_with('/') || path[self.path.len()..].starts_with('/')));
         url.scheme() == self.scheme
             && url.host_str() == Some(self.host.as_str())
             && url.port_or_known_default() == Some(self.port)
-            && prefix_ok
+            && path_within(&self.path, url.path())
     }
 }
 
@@ -168,10 +194,37 @@ mod tests {
             ("http://localhost:3000/verify", true),
             ("http://localhost:3001/verify", false),
             ("https://xn--app-example.com/auth", false),
+            // Encoded separators and dots, whatever the case.
+            ("https://app.example.com/auth/..%2fadmin", false),
+            ("https://app.example.com/auth/..%2Fadmin", false),
+            ("https://app.example.com/auth/..%5cadmin", false),
+            ("https://app.example.com/auth/..%5Cadmin", false),
+            ("https://app.example.com/auth/%2e%2e/admin", false),
+            ("https://app.example.com/auth/.%2E/admin", false),
+            ("https://app.example.com/auth%2fx", false),
+            ("https://app.example.com/auth/a%2fb", false),
+            ("https://app.example.com/auth\\..\\admin", false),
+            // Elsewhere in the URL they mean nothing to the path.
+            ("https://app.example.com/auth/cb?next=%2F..%2Fadmin", true),
+            ("https://app.example.com/auth/caf%C3%A9", true),
+            // (The parser resolves dot segments, encoded or not, first.)
+            ("https://app.example.com/auth/x/..", true),
+            ("https://app.example.com/auth/x/%2E", true),
         ];
         for (url, expected) in cases {
             assert_eq!(allow.permits(url), expected, "{url}");
         }
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(path_within("/auth", "/auth"));
+        assert!(path_within("/auth", "/auth/cb"));
+        assert!(!path_within("/auth", "/authx"));
+        assert!(!path_within("/auth", "/aut"));
+        assert!(path_within("/auth/", "/auth/cb"));
+        assert!(!path_within("/auth/", "/auth"));
+        assert!(path_within("/", "/anything"));
     }
 
     #[test]
@@ -182,6 +235,8 @@ mod tests {
             "https://u@app.example.com/",
             "https://app.example.com/?a=b",
             "https://app.example.com/#x",
+            "https://app.example.com/a%2fb",
+            "https://app.example.com/a%5Cb/",
             "not a url",
         ] {
             assert!(AllowedUrl::parse(bad).is_err(), "{bad}");

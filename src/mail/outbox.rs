@@ -24,7 +24,7 @@ use super::{
     transport::{Outgoing, SendError, Transport},
 };
 use crate::{
-    auth::tenants::Tenants,
+    auth::{email::EmailAddress, tenants::Tenants},
     clock::{Clock, UnixMillis, millis},
     kek::Kek,
     store::{ClaimedMail, Outcome, Store},
@@ -297,7 +297,12 @@ impl OutboxWorker {
         let domain = from.email.domain().to_owned();
         let message = lettre::Message::builder()
             .from(from)
-            .to(mail.recipient.parse()?)
+            // The one validation StartAuth applied (an old row may hold a
+            // spelling from before addresses were canonical).
+            .to(Mailbox::new(
+                None,
+                EmailAddress::parse(&mail.recipient)?.to_lettre(),
+            ))
             .subject(rendered.subject)
             // Stable across retries, so a duplicate delivery is recognisable.
             .message_id(Some(format!("<{}@{domain}>", mail.id)))

@@ -4,6 +4,7 @@
 //! where a dialect truly differs both texts sit side by side. The conformance
 //! tests run every operation on both backends.
 
+mod addresses;
 mod keys;
 mod limits;
 mod outbox;
@@ -19,6 +20,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use addresses::AddressRewrite;
 pub use keys::{NewSigningKey, SigningKeyRow};
 pub use limits::{ExistingKey, Hit, NewIdempotencyKey};
 pub use outbox::{
@@ -241,12 +243,45 @@ impl Store {
     }
 
     /// Applies pending migrations. On PostgreSQL this holds an advisory lock,
-    /// so replicas starting together migrate once.
+    /// so replicas starting together migrate once. Then finishes the data
+    /// rewrites a migration left due (0004: canonical addresses, computed
+    /// by the domain's [`crate::auth::email::canonical`]).
     pub async fn migrate(&self) -> Result<(), anyhow::Error> {
         let migrator = self.migrator();
         match &self.pool {
             Pool::Postgres(pool) => migrator.run(pool).await?,
             Pool::Sqlite(pool) => migrator.run(pool).await?,
+        }
+        if let Some(done) = self
+            .rewrite_addresses(crate::auth::email::canonical)
+            .await?
+        {
+            tracing::info!(
+                users = done.users,
+                superseded_users = done.superseded,
+                sessions = done.sessions,
+                outbox = done.outbox,
+                "stored email addresses made canonical"
+            );
+            if done.superseded > 0 {
+                tracing::warn!(
+                    superseded_users = done.superseded,
+                    "some users shared one mailbox: the oldest keeps the address, the others \
+                     are reachable only by id (their email reads \"(superseded by <id>)\")"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the migrations up to `version` only: tests use it to write
+    /// rows as an older release would have, then migrate the rest.
+    #[doc(hidden)]
+    pub async fn migrate_to(&self, version: i64) -> Result<(), anyhow::Error> {
+        let migrator = self.migrator();
+        match &self.pool {
+            Pool::Postgres(pool) => migrator.run_to(version, pool).await?,
+            Pool::Sqlite(pool) => migrator.run_to(version, pool).await?,
         }
         Ok(())
     }

@@ -57,10 +57,15 @@ const COUNTERS: &str = "SELECT name, value FROM change_counters ORDER BY name";
 const USER_BY_ID: &str = "SELECT id, email, created_at FROM users WHERE tenant_id = $1 AND id = $2";
 const USER_BY_EMAIL: &str =
     "SELECT id, email, created_at FROM users WHERE tenant_id = $1 AND email = $2";
+const USER_EMAIL: &str = "SELECT email FROM users WHERE tenant_id = $1 AND id = $2";
+// A deleted user's sessions are theirs and every login (pending, or ended
+// before it made them a user) of their address ($3).
 const DELETE_USER_TOKENS: &str = "DELETE FROM refresh_tokens WHERE tenant_id = $1 AND session_id IN \
-    (SELECT id FROM auth_sessions WHERE tenant_id = $1 AND user_id = $2)";
+    (SELECT id FROM auth_sessions WHERE tenant_id = $1 AND (user_id = $2 OR email = $3))";
+const DELETE_USER_MAIL: &str = "DELETE FROM outbox WHERE tenant_id = $1 AND (recipient = $3 OR session_id IN \
+    (SELECT id FROM auth_sessions WHERE tenant_id = $1 AND (user_id = $2 OR email = $3)))";
 const DELETE_USER_SESSIONS: &str =
-    "DELETE FROM auth_sessions WHERE tenant_id = $1 AND user_id = $2";
+    "DELETE FROM auth_sessions WHERE tenant_id = $1 AND (user_id = $2 OR email = $3)";
 const DELETE_USER: &str = "DELETE FROM users WHERE tenant_id = $1 AND id = $2";
 
 /// Which in-memory copy a change invalidates.
@@ -294,21 +299,34 @@ impl Store {
         })?)
     }
 
-    /// Deletes a user with every session and refresh token of theirs, in one
-    /// transaction. False when there is no such user.
+    /// Deletes a user and everything that holds their address, in one
+    /// transaction: their sessions and refresh tokens, every other login of
+    /// the address (pending or ended) and every email to it, sent or not.
+    /// False when there is no such user.
     pub async fn delete_user(&self, tenant_id: &str, id: &str) -> Result<bool> {
         let mut tx = self.begin().await?;
-        for sql in [DELETE_USER_TOKENS, DELETE_USER_SESSIONS] {
+        let email = on_tx!(tx, "delete_user", |conn| {
+            sqlx::query_scalar::<_, String>(USER_EMAIL)
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(conn)
+                .await
+        })?;
+        let Some(email) = email else {
+            return Ok(false);
+        };
+        for sql in [DELETE_USER_TOKENS, DELETE_USER_MAIL, DELETE_USER_SESSIONS] {
             on_tx!(tx, "delete_user", |conn| {
                 sqlx::query(sql)
                     .bind(tenant_id)
                     .bind(id)
+                    .bind(&email)
                     .execute(conn)
                     .await
                     .map(|r| r.rows_affected())
             })?;
         }
-        let deleted = on_tx!(tx, "delete_user", |conn| {
+        on_tx!(tx, "delete_user", |conn| {
             sqlx::query(DELETE_USER)
                 .bind(tenant_id)
                 .bind(id)
@@ -317,7 +335,7 @@ impl Store {
                 .map(|r| r.rows_affected())
         })?;
         tx.commit().await?;
-        Ok(deleted == 1)
+        Ok(true)
     }
 }
 

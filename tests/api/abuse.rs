@@ -28,14 +28,14 @@ matrix!(
 /// Moves the clock to just after the start of the next `window`, so every
 /// call of a test falls in one window (windows are fixed, aligned to the
 /// epoch).
-fn to_window_start(clock: &Clock, window: Duration) {
+pub(crate) fn to_window_start(clock: &Clock, window: Duration) {
     let w = window.as_millis() as i64;
     let now = clock.now_ms();
     clock.advance(Duration::from_millis((w - now.rem_euclid(w) + 1) as u64));
 }
 
 /// Asserts a RATE_LIMITED answer with a hint no longer than `at_most`.
-fn assert_limited(err: &ApiError, at_most: Duration) -> Duration {
+pub(crate) fn assert_limited(err: &ApiError, at_most: Duration) -> Duration {
     assert_eq!(err.code, "RATE_LIMITED", "{err:?}");
     err.assert_status(Code::ResourceExhausted, 429);
     let wait = err
@@ -74,7 +74,7 @@ async fn resend(app: &TestApp, session_id: &str) -> Result<proto::StartAuthRespo
 }
 
 /// A code that is certainly wrong.
-fn wrong(code: &str) -> String {
+pub(crate) fn wrong(code: &str) -> String {
     let mut digits: Vec<u8> = code.bytes().collect();
     let last = digits.last_mut().unwrap();
     *last = if *last == b'9' { b'0' } else { *last + 1 };

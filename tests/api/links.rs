@@ -12,6 +12,7 @@ matrix!(
     a_magic_link_logs_in_like_a_code_and_works_once,
     with_code_and_link_the_first_proof_used_ends_the_other,
     a_validation_url_off_the_allowlist_is_refused_and_nothing_is_sent,
+    encoded_separators_cannot_leave_the_allowed_path,
 );
 
 const ALLOWED: &str = "https://app.test/auth";
@@ -174,6 +175,57 @@ async fn a_validation_url_off_the_allowlist_is_refused_and_nothing_is_sent(case:
             .mails()
             .iter()
             .all(|m| m.to != ["victim@example.com"])
+    );
+}
+
+/// The allowed path is a prefix of whole segments, and a path that a
+/// server might decode into other segments (`%2F`, `%5C`, `%2E`) is refused
+/// outright: `/auth/..%2fadmin` is `/admin` to many web servers.
+async fn encoded_separators_cannot_leave_the_allowed_path(case: Case) {
+    let app = app_with_links(case).await;
+    let before = app.snapshot().await;
+    for url in [
+        "https://app.test/auth/..%2fadmin",
+        "https://app.test/auth/..%2Fadmin",
+        "https://app.test/auth/%2e%2e%2fadmin",
+        "https://app.test/auth/%2E%2E/admin",
+        "https://app.test/auth/.%2e/admin",
+        "https://app.test/auth/..%5cadmin",
+        "https://app.test/auth/..%5Cadmin",
+        "https://app.test/auth/%2e%2e%5c%2e%2e%5cadmin",
+        "https://app.test/auth%2fcallback",
+        "https://app.test/auth/x%2Fy",
+        "https://app.test/auth/.%2E",
+        "https://app.test/auth\\..\\admin",
+        "https://app.test/authx",
+        "https://app.test/auth-admin",
+    ] {
+        let err = app
+            .api
+            .start_auth(proto::StartAuthRequest {
+                email: "victim@example.com".into(),
+                method: Method::Link as i32,
+                validation_url: url.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, "VALIDATION_URL_NOT_ALLOWED", "{url}");
+        err.assert_status(tonic::Code::InvalidArgument, 400);
+    }
+    assert_eq!(app.snapshot().await, before, "a refused StartAuth wrote");
+    // Encoded characters elsewhere in the path, and in the query, are fine.
+    for url in [
+        "https://app.test/auth/caf%C3%A9",
+        "https://app.test/auth/cb?next=%2F..%2Fhome",
+    ] {
+        start(&app, "ok@example.com", Method::Link, url).await;
+    }
+    let mails = app.smtp.wait_for_count("ok@example.com", 2).await;
+    assert!(
+        mails[1]
+            .link()
+            .starts_with("https://app.test/auth/cb?next=%2F..%2Fhome&token=lkl_")
     );
 }
 

@@ -10,6 +10,7 @@ mod bad_input;
 mod cli;
 mod codes;
 mod gateway;
+mod identity;
 mod keys;
 mod links;
 mod login;
