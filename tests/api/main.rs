@@ -13,6 +13,7 @@ mod keys;
 mod links;
 mod login;
 mod mail;
+mod mail_security;
 mod ops;
 mod refresh;
 mod server;

@@ -124,6 +124,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $v.smtp.username (not $v.smtp.host) }}
 {{- fail "smtp.username needs smtp.host (or put the credentials in smtp.url)" }}
 {{- end }}
+{{- if and $v.smtp.username (eq $v.smtp.security "none") }}
+{{- fail "smtp.username with smtp.security none would send the password without TLS: use starttls or tls (or, for a relay on a network you trust, smtp.url with ?auth_without_tls=true)" }}
+{{- end }}
 {{- if and $v.persistence.enabled $v.autoscaling.enabled }}
 {{- fail "persistence.enabled mounts one ReadWriteOnce claim: it cannot go with autoscaling.enabled" }}
 {{- end }}
