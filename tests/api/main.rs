@@ -8,6 +8,7 @@ mod helpers;
 mod abuse;
 mod bad_input;
 mod codes;
+mod enumeration;
 mod gateway;
 mod keys;
 mod links;
