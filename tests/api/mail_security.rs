@@ -186,3 +186,89 @@ async fn auth_without_tls_is_allowed_when_the_url_says_so() {
         "{lines:?}"
     );
 }
+
+/// PostgreSQL without LATCHKEY_SMTP_URL is not the zero-setup laptop case:
+/// `Server::build` refuses it, saying what to set, unless the dev mailbox
+/// is asked for by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_without_smtp_needs_the_dev_mailbox_flag_to_build() {
+    let db = crate::helpers::TestDb::new(Backend::Postgres).await;
+    let dir = crate::helpers::TempDir::new();
+    let mut settings = crate::helpers::test_settings(&db, &dir.path, "smtp://127.0.0.1:25");
+    settings.smtp_url = None;
+    let err = latchkey::server::Server::build(settings.clone(), latchkey::clock::Clock::system())
+        .await
+        .err()
+        .expect("refused");
+    let err = format!("{err:#}");
+    assert!(err.contains("LATCHKEY_SMTP_URL"), "{err}");
+    assert!(err.contains("LATCHKEY_DEV_MAILBOX=true"), "{err}");
+    // Refused before anything was written: no tables, no mailbox, no key.
+    let pool = crate::helpers::TestPool::connect(&db).await;
+    let tables = pool
+        .strings(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+        )
+        .await;
+    pool.close().await;
+    assert!(tables.is_empty(), "{tables:?}");
+    assert!(!dir.path.join("mailbox").exists());
+
+    // Asked for by name, the dev mailbox works on PostgreSQL too.
+    let app = spawn_app_with(Backend::Postgres, |s| {
+        s.smtp_url = None;
+        s.dev_mailbox = true;
+    })
+    .await;
+    app.start_auth("dev@example.com").await.unwrap();
+    app.wait_outbox_drained().await;
+    let files = std::fs::read_dir(app.data_dir.path.join("mailbox"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 1);
+}
+
+/// The same through the real binary: `latchkey serve` on PostgreSQL with no
+/// SMTP exits with the error; with `LATCHKEY_DEV_MAILBOX=true` it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_postgres_without_smtp_unless_told() {
+    let db = crate::helpers::TestDb::new(Backend::Postgres).await;
+    let dir = crate::helpers::TempDir::new();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["serve"])
+        .env_remove("LATCHKEY_SMTP_URL")
+        .env_remove("LATCHKEY_DEV_MAILBOX")
+        .env("LATCHKEY_DATABASE_URL", &db.url)
+        .env("LATCHKEY_DATA_DIR", &dir.path)
+        .env("LATCHKEY_GRPC_ADDR", "127.0.0.1:0")
+        .env("LATCHKEY_HTTP_ADDR", "127.0.0.1:0")
+        .env("LATCHKEY_METRICS_ADDR", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exits instead of serving")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("LATCHKEY_SMTP_URL"), "{stderr}");
+    assert!(stderr.contains("LATCHKEY_DEV_MAILBOX=true"), "{stderr}");
+
+    let served = crate::helpers::Served::start(
+        &dir.path,
+        &[
+            ("LATCHKEY_DATABASE_URL", db.url.as_str()),
+            ("LATCHKEY_DEV_MAILBOX", "true"),
+        ],
+    )
+    .await;
+    assert!(
+        served.early_log.iter().any(|l| l.contains("DEV MAILBOX")),
+        "{:?}",
+        served.early_log
+    );
+    served.kill().await;
+}

@@ -143,6 +143,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $v.httpRoute.enabled (not $v.httpRoute.parentRefs) }}
 {{- fail "httpRoute.enabled needs httpRoute.parentRefs (the Gateway to attach to)" }}
 {{- end }}
+{{- /* Last: the other guards' cases mostly leave SMTP out. */}}
+{{- $hasSmtp := ternary $v.existingSecret.smtpUrlKey (include "latchkey.smtpUrl" .) (not (empty $v.existingSecret.name)) }}
+{{- if and $hasDb (not $hasSmtp) (not (dig "devMailbox" false $v.config)) }}
+{{- fail "a PostgreSQL database without SMTP: set smtp.url or smtp.host (or existingSecret.smtpUrlKey); outside the SQLite default latchkey refuses to start without a mail relay, unless config.devMailbox is true (development only: codes appear in the log)" }}
+{{- end }}
 {{- end }}
 
 {{/* An integer or a percentage value as YAML (a number stays a number). */}}
