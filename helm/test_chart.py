@@ -578,6 +578,9 @@ def main() -> int:
          "existingSecret.name is set"),
         ("guard: smtp.url and smtp.host", {"smtp": {"url": "smtp://a:25", "host": "b"}},
          "either smtp.url or smtp.host"),
+        ("guard: SMTP credentials without TLS",
+         {"smtp": {"host": "relay", "port": 25, "security": "none", "username": "u", "password": "p"}},
+         "would send the password without TLS"),
         ("guard: persistence with several replicas",
          {"replicaCount": 2, "database": {"url": "postgres://u:p@db/x"},
           "persistence": {"enabled": True}}, "persistence.enabled mounts one"),
@@ -589,6 +592,11 @@ def main() -> int:
          "set exactly one of maxUnavailable and minAvailable"),
         ("guard: HTTPRoute without parentRefs", {"httpRoute": {"enabled": True}},
          "httpRoute.enabled needs httpRoute.parentRefs"),
+        ("guard: PostgreSQL without SMTP", {"database": {"url": "postgres://u:p@db/x"}},
+         "a PostgreSQL database without SMTP"),
+        ("guard: existingSecret with a database and no SMTP key",
+         {"existingSecret": {"name": "s", "smtpUrlKey": ""}},
+         "a PostgreSQL database without SMTP"),
     ]
     for name, values, fragment in bad_values:
         def refused(values=values, fragment=fragment):
@@ -603,10 +611,15 @@ def main() -> int:
         docs, _ = render({"terminationGracePeriodSeconds": 34})
         assert only(docs, "Deployment")["spec"]["template"]["spec"][
             "terminationGracePeriodSeconds"] == 34
-        docs, _ = render({"replicaCount": 2, "database": {"url": "postgres://u:p@db/x"}})
+        docs, _ = render({"replicaCount": 2, "database": {"url": "postgres://u:p@db/x"},
+                          "smtp": {"url": "smtps://relay:465"}})
         assert only(docs, "Deployment")["spec"]["replicas"] == 2
+        docs, _ = render({"database": {"url": "postgres://u:p@db/x"},
+                          "config": {"devMailbox": True}})
+        assert only(docs, "ConfigMap")["data"]["LATCHKEY_DEV_MAILBOX"] == "true"
 
-    check("accepted: terminationGracePeriodSeconds 34, 2 replicas with PostgreSQL", guard_boundary)
+    check("accepted: terminationGracePeriodSeconds 34, 2 replicas with PostgreSQL and SMTP, "
+          "PostgreSQL with config.devMailbox", guard_boundary)
 
     print(f"\n{len(passed)} passed, {len(failed)} failed")
     return 1 if failed else 0

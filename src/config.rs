@@ -404,6 +404,13 @@ pub struct Settings {
     #[arg(long, env = "LATCHKEY_SMTP_URL", hide_env_values = true, global = true)]
     pub smtp_url: Option<Secret>,
 
+    /// Without LATCHKEY_SMTP_URL on a database other than the zero-setup
+    /// SQLite one, use the dev mailbox anyway (emails written to
+    /// `<data-dir>/mailbox`, codes logged): development only. Without this
+    /// such a deployment refuses to start.
+    #[arg(long, env = "LATCHKEY_DEV_MAILBOX", value_parser = clap::builder::BoolishValueParser::new(), global = true)]
+    pub dev_mailbox: bool,
+
     /// Timeout of connecting to the SMTP server and of each SMTP command.
     #[arg(long, env = "LATCHKEY_SMTP_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
     pub smtp_timeout: Duration,
@@ -835,6 +842,14 @@ mod tests {
         for env in envs {
             assert!(readme.contains(&format!("`{env}`")), "README misses {env}");
         }
+    }
+
+    #[test]
+    fn dev_mailbox_flag_reads_true_and_false_from_the_environment() {
+        let cli = |args: &[&str]| Cli::try_parse_from(args).unwrap().settings.dev_mailbox;
+        assert!(!cli(&["latchkey"]));
+        assert!(cli(&["latchkey", "--dev-mailbox"]));
+        assert!(!Settings::defaults().dev_mailbox);
     }
 
     #[test]

@@ -75,6 +75,24 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// The dev mailbox (codes in the log, no email sent) is the zero-setup
+/// default on the embedded SQLite database only: anywhere else a missing
+/// LATCHKEY_SMTP_URL is a mistake unless LATCHKEY_DEV_MAILBOX says otherwise.
+fn refuse_silent_dev_mailbox(settings: &Settings) -> anyhow::Result<()> {
+    if settings.smtp_url.is_none()
+        && !settings.dev_mailbox
+        && !settings.database_url().starts_with("sqlite:")
+    {
+        anyhow::bail!(
+            "no LATCHKEY_SMTP_URL configured for a PostgreSQL deployment: set LATCHKEY_SMTP_URL \
+             to your mail relay (e.g. smtps://user:pass@relay.example.com:465), or \
+             LATCHKEY_DEV_MAILBOX=true to write emails to the development mailbox and log their \
+             codes (development only)"
+        );
+    }
+    Ok(())
+}
+
 /// Loads (or on first start generates) the key-encryption key, warning when
 /// it is not configured.
 pub fn load_kek(settings: &Settings) -> anyhow::Result<Kek> {
@@ -96,6 +114,7 @@ impl Server {
     /// Connects, migrates, loads keys and binds the listener.
     pub async fn build(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
         settings.validate()?;
+        refuse_silent_dev_mailbox(&settings)?;
         let kek = load_kek(&settings)?;
         let store = open_store(&settings).await?;
 

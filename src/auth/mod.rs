@@ -706,10 +706,12 @@ impl AuthService {
             session_id: Some(session_id),
             kind,
             recipient: email,
-            // A suppressed row keeps nothing.
-            payload_sealed: (kind != mail::KIND_SUPPRESSED).then_some(payload.as_slice()),
+            // Every kind goes the same way through the outbox (a suppressed
+            // one is accepted without being sent), so its proof's expiry
+            // moves by the same rule at the same moment as a real email's.
+            payload_sealed: Some(payload.as_slice()),
             created_at: now,
-            deliver: kind != mail::KIND_SUPPRESSED,
+            deliver: true,
             notify: self.should_notify_replicas(now),
         })
         .await?;

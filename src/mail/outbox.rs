@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    KIND_NO_ACCOUNT, KIND_SIGN_IN, open_payload,
+    KIND_NO_ACCOUNT, KIND_SIGN_IN, KIND_SUPPRESSED, open_payload,
     templates::{SignInEmail, Templates},
     transport::{Outgoing, SendError, Transport},
 };
@@ -59,6 +59,12 @@ enum Built {
         code: String,
         /// (validity, cap): once accepted, the proof works for `validity`
         /// from then, but never past `cap`.
+        extend_to: Option<(i64, UnixMillis)>,
+    },
+    /// Nothing to send (a suppressed email): accepted by the transport
+    /// without sending, at the moment the relay would have accepted it, with
+    /// the same effect on the proof's expiry.
+    Discard {
         extend_to: Option<(i64, UnixMillis)>,
     },
     /// The proof's absolute limit passed before the email could go out.
@@ -145,13 +151,21 @@ impl OutboxWorker {
             }
             return Ok(0);
         }
+        let sent: Vec<bool> = batch.iter().map(|m| m.kind != KIND_SUPPRESSED).collect();
         let outcomes =
             futures_util::future::join_all(batch.into_iter().map(|mail| self.deliver(mail))).await;
         if let Err(e) = self.store.record_outcomes(&outcomes).await {
             // The leases run out and the messages are tried again.
             tracing::warn!(error = %e, "outbox: recording the outcomes failed");
         } else {
-            count_outcomes(&outcomes);
+            // Suppressed emails are never counted as emails.
+            let counted: Vec<Outcome> = outcomes
+                .iter()
+                .zip(&sent)
+                .filter(|(_, sent)| **sent)
+                .map(|(o, _)| o.clone())
+                .collect();
+            count_outcomes(&counted);
         }
         Ok(claimed)
     }
@@ -172,6 +186,17 @@ impl OutboxWorker {
                     recipient: &mail.recipient,
                 });
                 match tokio::time::timeout(self.settings.send_timeout, send).await {
+                    Ok(Ok(())) => Ok(extend_to),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(SendError::Transient(format!(
+                        "no answer from the mail server within {:?}",
+                        self.settings.send_timeout
+                    ))),
+                }
+            }
+            Ok(Built::Discard { extend_to }) => {
+                let accept = self.transport.accept_unsent();
+                match tokio::time::timeout(self.settings.send_timeout, accept).await {
                     Ok(Ok(())) => Ok(extend_to),
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(SendError::Transient(format!(
@@ -257,17 +282,22 @@ impl OutboxWorker {
             .templates
             .resolve_locale(&payload.locale, &policy.default_locale)
             .to_owned();
-        let (rendered, code, extend_to) = match mail.kind.as_str() {
+        // Every kind of login email follows the same expiry rule, whether it
+        // carries a proof or not: on a login-only tenant, how long a
+        // login's proof lives must not tell a known address from an unknown
+        // one.
+        let ttl = payload.expires_at - mail.created_at;
+        let cap = if payload.extend_until > 0 {
+            payload.extend_until
+        } else {
+            payload.expires_at
+        };
+        if now >= cap {
+            return Ok(Built::Expired);
+        }
+        let extend_to = Some((ttl, cap));
+        let (rendered, code) = match mail.kind.as_str() {
             KIND_SIGN_IN => {
-                let ttl = payload.expires_at - mail.created_at;
-                let cap = if payload.extend_until > 0 {
-                    payload.extend_until
-                } else {
-                    payload.expires_at
-                };
-                if now >= cap {
-                    return Ok(Built::Expired);
-                }
                 let rendered = self.templates.sign_in(
                     &mail.tenant_id,
                     &locale,
@@ -279,7 +309,7 @@ impl OutboxWorker {
                         minutes: (ttl / 60_000).max(1),
                     },
                 )?;
-                (rendered, payload.code.unwrap_or_default(), Some((ttl, cap)))
+                (rendered, payload.code.unwrap_or_default())
             }
             KIND_NO_ACCOUNT => (
                 self.templates.no_account(
@@ -289,8 +319,8 @@ impl OutboxWorker {
                     &mail.recipient,
                 )?,
                 String::new(),
-                None,
             ),
+            KIND_SUPPRESSED => return Ok(Built::Discard { extend_to }),
             other => anyhow::bail!("unknown mail kind {other}"),
         };
         let from: Mailbox = policy.mail_from.parse()?;

@@ -8,7 +8,10 @@
 //! takes about a millisecond on a local relay.
 
 use std::{
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -43,10 +46,17 @@ pub struct SmtpClient {
     port: u16,
     security: Security,
     credentials: Option<Credentials>,
+    /// `auth_without_tls=true` in the URL: the operator accepts sending the
+    /// credentials over a connection without TLS (a relay on a trusted
+    /// network). Off by default: then AUTH only ever goes over TLS.
+    auth_without_tls: bool,
     hello: ClientId,
     timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    /// How long the relay took to accept the last message (microseconds):
+    /// what a suppressed email waits before it counts as accepted.
+    last_accept_us: AtomicU64,
 }
 
 /// Reused without a check when idle for less than this; tested with NOOP
@@ -57,7 +67,11 @@ const STALE: Duration = Duration::from_secs(60);
 
 impl SmtpClient {
     /// Parses `smtp://[user:pass@]host[:port][?tls=required|opportunistic]`
-    /// or `smtps://[user:pass@]host[:port]` (the URLs lettre accepts).
+    /// or `smtps://[user:pass@]host[:port]` (the URLs lettre accepts), plus
+    /// `auth_without_tls=true` to allow AUTH over a connection without TLS.
+    ///
+    /// Credentials on a plain `smtp://` URL are refused unless that flag is
+    /// given: they would cross the network in clear.
     pub fn from_url(url: &str, timeout: Duration, max_idle: usize) -> anyhow::Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| anyhow::anyhow!("not a URL: {e}"))?;
         let host = parsed
@@ -76,6 +90,16 @@ impl SmtpClient {
             ("smtps", _) => (Security::Implicit, 465),
             (scheme, tls) => anyhow::bail!("unsupported scheme {scheme} with tls={tls:?}"),
         };
+        let auth_without_tls = match parsed
+            .query_pairs()
+            .find(|(k, _)| k == "auth_without_tls")
+            .map(|(_, v)| v.into_owned())
+            .as_deref()
+        {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => anyhow::bail!("auth_without_tls={other:?}: expected true or false"),
+        };
         let decode = |s: &str| {
             percent_decode(s).map_err(|_| anyhow::anyhow!("the user info is not valid UTF-8"))
         };
@@ -87,15 +111,24 @@ impl SmtpClient {
                 decode(parsed.password().unwrap_or_default())?,
             ))
         };
+        if credentials.is_some() && security == Security::Plain && !auth_without_tls {
+            anyhow::bail!(
+                "a user and password on a plain smtp:// URL would be sent without TLS; \
+                 use smtps:// or ?tls=required, or add auth_without_tls=true if the relay \
+                 is on a network you trust"
+            );
+        }
         Ok(Self {
             port: parsed.port().unwrap_or(default_port),
             host,
             security,
             credentials,
+            auth_without_tls,
             hello: ClientId::default(),
             timeout,
             max_idle,
             idle: Mutex::new(Vec::new()),
+            last_accept_us: AtomicU64::new(0),
         })
     }
 
@@ -138,6 +171,17 @@ impl SmtpClient {
                 _ => {}
             }
             if let Some(credentials) = &self.credentials {
+                // Opportunistic STARTTLS the relay did not offer (or an
+                // attacker stripped): the credentials are not sent.
+                if !conn.is_encrypted() && !self.auth_without_tls {
+                    conn.abort().await;
+                    return Err(SendError::Transient(
+                        "the mail server offered no STARTTLS: not sending the SMTP credentials \
+                         without TLS (LATCHKEY_SMTP_URL: use tls=required, or add \
+                         auth_without_tls=true to allow it)"
+                            .into(),
+                    ));
+                }
                 conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                     .await
                     .map_err(classify)?;
@@ -174,6 +218,20 @@ impl SmtpClient {
         }
     }
 
+    /// Stands in for [`Self::send`] of a message that is not sent: a
+    /// working connection (so an unreachable relay fails it the same way),
+    /// then as long as the relay took to accept its last message.
+    pub async fn accept_unsent(&self) -> Result<(), SendError> {
+        let conn = self.checkout().await?;
+        let took = Duration::from_micros(self.last_accept_us.load(Ordering::Relaxed));
+        tokio::time::sleep(took.min(self.timeout)).await;
+        let mut idle = self.idle.lock().expect("smtp pool lock");
+        if idle.len() < self.max_idle {
+            idle.push((conn, Instant::now()));
+        }
+        Ok(())
+    }
+
     /// Sends one message; the connection goes back to the pool if healthy.
     #[tracing::instrument(
         name = "smtp",
@@ -188,9 +246,13 @@ impl SmtpClient {
     ) -> Result<(), SendError> {
         let envelope = Envelope::new(from, to).map_err(|e| SendError::Permanent(e.to_string()))?;
         let mut conn = self.checkout().await?;
+        let began = Instant::now();
         let sent = tokio::time::timeout(self.timeout, conn.send(&envelope, message)).await;
         let sent = match sent {
-            Ok(result) => result.map_err(classify),
+            Ok(result) => result.map_err(classify).inspect(|_| {
+                let took = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.last_accept_us.store(took, Ordering::Relaxed);
+            }),
             Err(_) => Err(SendError::Transient(
                 "the mail server did not answer in time".into(),
             )),
@@ -333,6 +395,31 @@ mod tests {
         );
         assert!(SmtpClient::from_url("http://relay", t, 1).is_err());
         assert!(SmtpClient::from_url("smtp://relay?tls=sometimes", t, 1).is_err());
+    }
+
+    #[test]
+    fn credentials_without_tls_need_the_explicit_flag() {
+        let t = Duration::from_secs(1);
+        let err = SmtpClient::from_url("smtp://u:hunter2@relay:587", t, 1)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("auth_without_tls=true"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let allowed =
+            SmtpClient::from_url("smtp://u:p@relay:25?auth_without_tls=true", t, 1).unwrap();
+        assert!(allowed.auth_without_tls);
+        // With TLS asked for, or no credentials, nothing to allow.
+        for ok in [
+            "smtp://u:p@relay?tls=required",
+            "smtp://u:p@relay?tls=opportunistic",
+            "smtps://u:p@relay",
+            "smtp://relay:25",
+        ] {
+            let client = SmtpClient::from_url(ok, t, 1).unwrap();
+            assert!(!client.auth_without_tls, "{ok}");
+        }
+        assert!(SmtpClient::from_url("smtp://relay?auth_without_tls=yes", t, 1).is_err());
     }
 
     #[test]

@@ -64,6 +64,19 @@ impl Transport {
         matches!(self, Self::DevMailbox(_))
     }
 
+    /// Accepts a message that is not sent (a suppressed email), the way
+    /// [`Self::send`] would have: through SMTP it needs the relay reachable
+    /// (a pooled connection) and takes as long as the relay's last accepted
+    /// message took, so the outbox records it at about the moment a real
+    /// email would have been accepted. Nothing reaches the relay but the
+    /// connection itself.
+    pub async fn accept_unsent(&self) -> Result<(), SendError> {
+        match self {
+            Self::Smtp(smtp) => smtp.accept_unsent().await,
+            Self::DevMailbox(_) => Ok(()),
+        }
+    }
+
     pub async fn send(&self, mail: Outgoing<'_>) -> Result<(), SendError> {
         match self {
             Self::Smtp(smtp) => {

@@ -254,6 +254,8 @@ struct Inbox {
     arrived: Notify,
     /// Recipients refused with a permanent 550.
     rejected: Mutex<Vec<String>>,
+    /// How long the server takes to accept a message (a slow relay).
+    delay: Mutex<Duration>,
 }
 
 /// A real SMTP server (mailin-embedded) on 127.0.0.1, collecting messages.
@@ -292,6 +294,9 @@ impl Handler for SinkHandler {
     }
 
     fn data_end(&mut self) -> Response {
+        // A thread per connection: only this message waits.
+        let delay = *self.inbox.delay.lock().unwrap();
+        std::thread::sleep(delay);
         let mail = ReceivedMail {
             to: std::mem::take(&mut self.to),
             data: String::from_utf8_lossy(&std::mem::take(&mut self.data)).into_owned(),
@@ -349,6 +354,11 @@ impl SmtpSink {
     /// Refuse mail to `to` permanently (550) until [`SmtpSink::accept`].
     pub fn reject(&self, to: &str) {
         self.inbox.rejected.lock().unwrap().push(to.to_owned());
+    }
+
+    /// Answer each message's end of data only after `delay` (a slow relay).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.inbox.delay.lock().unwrap() = delay;
     }
 
     pub fn accept(&self, to: &str) {

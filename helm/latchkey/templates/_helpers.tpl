@@ -124,6 +124,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $v.smtp.username (not $v.smtp.host) }}
 {{- fail "smtp.username needs smtp.host (or put the credentials in smtp.url)" }}
 {{- end }}
+{{- if and $v.smtp.username (eq $v.smtp.security "none") }}
+{{- fail "smtp.username with smtp.security none would send the password without TLS: use starttls or tls (or, for a relay on a network you trust, smtp.url with ?auth_without_tls=true)" }}
+{{- end }}
 {{- if and $v.persistence.enabled $v.autoscaling.enabled }}
 {{- fail "persistence.enabled mounts one ReadWriteOnce claim: it cannot go with autoscaling.enabled" }}
 {{- end }}
@@ -139,6 +142,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if and $v.httpRoute.enabled (not $v.httpRoute.parentRefs) }}
 {{- fail "httpRoute.enabled needs httpRoute.parentRefs (the Gateway to attach to)" }}
+{{- end }}
+{{- /* Last: the other guards' cases mostly leave SMTP out. */}}
+{{- $hasSmtp := ternary $v.existingSecret.smtpUrlKey (include "latchkey.smtpUrl" .) (not (empty $v.existingSecret.name)) }}
+{{- if and $hasDb (not $hasSmtp) (not (dig "devMailbox" false $v.config)) }}
+{{- fail "a PostgreSQL database without SMTP: set smtp.url or smtp.host (or existingSecret.smtpUrlKey); outside the SQLite default latchkey refuses to start without a mail relay, unless config.devMailbox is true (development only: codes appear in the log)" }}
 {{- end }}
 {{- end }}
 
