@@ -15,6 +15,8 @@ pub mod clock;
 pub mod config;
 /// The one domain error and its machine-readable codes.
 pub mod error;
+/// Files at rest in the data directory: owner-only modes.
+pub mod files;
 /// The key-encryption key: seals private keys and queued mail at rest.
 pub mod kek;
 /// Outgoing email: the outbox worker, SMTP and the dev mailbox, templates.

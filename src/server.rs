@@ -92,10 +92,27 @@ pub fn load_kek(settings: &Settings) -> anyhow::Result<Kek> {
     Ok(kek)
 }
 
+/// Makes an existing data directory private (see [`crate::files`]),
+/// logging every change.
+fn tighten_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let changed = crate::files::tighten_data_dir(dir)
+        .with_context(|| format!("restricting access to {}", dir.display()))?;
+    for change in changed {
+        tracing::warn!(
+            path = %change.path.display(),
+            from = %format!("{:04o}", change.from),
+            to = %format!("{:04o}", change.to),
+            "removed group and other access from a data file"
+        );
+    }
+    Ok(())
+}
+
 impl Server {
     /// Connects, migrates, loads keys and binds the listener.
     pub async fn build(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
         settings.validate()?;
+        tighten_data_dir(&settings.data_dir)?;
         let kek = load_kek(&settings)?;
         let store = open_store(&settings).await?;
         let keys = KeyRing::open(
@@ -578,10 +595,8 @@ async fn watch_readiness(
 fn announce_development_key(settings: &Settings, key: &str) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
     let path = settings.data_dir.join("dev-api-key");
-    std::fs::create_dir_all(&settings.data_dir)?;
-    let mut file = std::fs::File::create(&path)?;
-    #[cfg(unix)]
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    crate::files::create_private_dir(&settings.data_dir)?;
+    let mut file = crate::files::create_private_file(&path)?;
     writeln!(file, "{key}")?;
     if std::io::stderr().is_terminal() {
         eprintln!(

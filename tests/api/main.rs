@@ -8,6 +8,7 @@ mod helpers;
 mod abuse;
 mod bad_input;
 mod codes;
+mod files;
 mod gateway;
 mod keys;
 mod links;
