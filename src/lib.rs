@@ -19,6 +19,8 @@ pub mod error;
 pub mod files;
 /// The key-encryption key: seals private keys and queued mail at rest.
 pub mod kek;
+/// Connection limits of the gRPC port and the gateway.
+pub mod limits;
 /// Outgoing email: the outbox worker, SMTP and the dev mailbox, templates.
 pub mod mail;
 /// Prometheus metrics: names, recording, rendering.

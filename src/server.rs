@@ -13,7 +13,7 @@ use crate::{
     api::{
         Api, Readiness,
         admin::GrpcAdmin,
-        grpc::{GrpcAuth, oversized_request_as_invalid_argument},
+        grpc::{GrpcAuth, MAX_REQUEST_BYTES, oversized_request_as_invalid_argument},
         openapi, rest,
     },
     auth::{
@@ -26,6 +26,7 @@ use crate::{
     clock::Clock,
     config::Settings,
     kek::{Kek, KekSource},
+    limits::Limits,
     mail::{
         outbox::{OutboxWorker, WorkerSettings},
         templates::Templates,
@@ -299,8 +300,14 @@ impl Server {
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        // Public services take small requests only, like the API's own.
+        let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
+        let reflection_v1 = reflection()
+            .build_v1()?
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()?
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         let background = CancellationToken::new();
         let mut tasks: Vec<JoinHandle<()>> = vec![
@@ -329,7 +336,9 @@ impl Server {
 
         let api = Api::new(auth);
         let cors = cors_layer(&settings.cors_allowed_origins)?;
-        let grpc = tonic::transport::Server::builder()
+        let limits = Limits::from_settings(&settings);
+        let grpc = limits
+            .grpc_server()
             // HTTP/1.1 for grpc-web (browsers and their tooling).
             .accept_http1(true)
             .layer(tower::util::option_layer(cors.clone()))
@@ -358,17 +367,11 @@ impl Server {
         })
         .layer(RpcLayer::new("http", rest::http_call_name))
         .layer(tower::util::option_layer(cors));
-        let http = axum::serve(
-            axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
+        let http = limits.serve_http(
+            http_listener,
             router,
-        )
-        .with_graceful_shutdown(draining(
-            shutdown.clone(),
-            health.clone(),
-            settings.shutdown_delay,
-        ));
+            draining(shutdown.clone(), health.clone(), settings.shutdown_delay),
+        );
 
         // Scrapes keep working through the drain; this listener closes with
         // the background work.

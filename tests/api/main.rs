@@ -11,6 +11,7 @@ mod codes;
 mod files;
 mod gateway;
 mod keys;
+mod limits;
 mod links;
 mod login;
 mod mail;
