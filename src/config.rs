@@ -596,6 +596,11 @@ pub struct Settings {
     #[arg(long, env = "LATCHKEY_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = duration, global = true)]
     pub http2_keepalive_timeout: Duration,
 
+    /// gRPC port: open connections at most; more wait to be accepted.
+    #[arg(long, env = "LATCHKEY_GRPC_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub grpc_max_connections: u32,
+
     /// Gateway: how long a client has to send a request's headers, counted
     /// from the connection (or the previous response on a kept-alive one).
     #[arg(long, env = "LATCHKEY_HTTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]

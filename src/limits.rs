@@ -7,11 +7,19 @@
 //!   make the server buffer, keep-alive pings that drop dead peers, and
 //!   hyper's limits on reset streams (Rapid Reset, "MadeYouReset") kept on.
 //!   Request messages are capped at [`MAX_REQUEST_BYTES`] on every service.
+//! - The gRPC port: a cap on open connections, and a connection that sends
+//!   nothing for the keep-alive interval plus its timeout is closed.
 //! - The gateway (HTTP/1.1 and HTTP/2): a header-read timeout (which also
 //!   closes idle kept-alive connections), a first-request deadline for any
 //!   protocol, a whole-request timeout (408) and a cap on open connections.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use hyper::body::Incoming;
 use hyper_util::{
@@ -19,7 +27,12 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::ServiceExt;
 
 pub use crate::api::grpc::MAX_REQUEST_BYTES;
@@ -50,6 +63,7 @@ pub struct Limits {
     pub http_header_read_timeout: Duration,
     pub http_request_timeout: Duration,
     pub http_max_connections: usize,
+    pub grpc_max_connections: usize,
 }
 
 impl Limits {
@@ -61,6 +75,7 @@ impl Limits {
             http_header_read_timeout: s.http_header_read_timeout,
             http_request_timeout: s.http_request_timeout,
             http_max_connections: s.http_max_connections as usize,
+            grpc_max_connections: s.grpc_max_connections as usize,
         }
     }
 
@@ -76,6 +91,44 @@ impl Limits {
             .http2_max_local_error_reset_streams(Some(HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS))
             .http2_keepalive_interval(Some(self.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(self.http2_keepalive_timeout))
+    }
+
+    /// The gRPC port's connections, for tonic: at most
+    /// `LATCHKEY_GRPC_MAX_CONNECTIONS` open (more wait in the listen
+    /// backlog), and each closed when its peer sends nothing (not even the
+    /// answer to a keep-alive ping) or takes nothing of a pending write for
+    /// the keep-alive interval plus its timeout. That ends connections that
+    /// never finish the HTTP/2 preface or a request's headers, which hyper
+    /// leaves open, while a live client always answers the pings.
+    pub fn grpc_incoming(
+        &self,
+        listener: TcpListener,
+    ) -> impl futures_util::Stream<Item = std::io::Result<GrpcConnection>> + use<> {
+        let slots = Arc::new(Semaphore::new(self.grpc_max_connections));
+        let idle = self.http2_keepalive_interval + self.http2_keepalive_timeout;
+        futures_util::stream::unfold((listener, slots), move |(listener, slots)| async move {
+            let slot = slots.clone().acquire_owned().await.expect("never closed");
+            let connection = match listener.accept().await {
+                Ok((tcp, _)) => {
+                    // No Nagle: a response's frames must not wait for the peer's delayed ACK.
+                    let _ = tcp.set_nodelay(true);
+                    let mut io = tokio_io_timeout::TimeoutStream::new(tcp);
+                    io.set_read_timeout(Some(idle));
+                    io.set_write_timeout(Some(idle));
+                    Ok(GrpcConnection {
+                        io: Box::pin(io),
+                        _slot: slot,
+                    })
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, then go on.
+                    tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(e)
+                }
+            };
+            Some((connection, (listener, slots)))
+        })
     }
 
     /// The connection builder of the gateway: HTTP/1.1 and HTTP/2 with the
@@ -184,5 +237,60 @@ impl Limits {
         drop(listener);
         graceful.shutdown().await;
         Ok(())
+    }
+}
+
+/// A connection of the gRPC port (see [`Limits::grpc_incoming`]): its socket
+/// with read and write deadlines, and its slot under the connection cap.
+pub struct GrpcConnection {
+    io: Pin<Box<tokio_io_timeout::TimeoutStream<TcpStream>>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for GrpcConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.get_ref().connect_info()
+    }
+}
+
+impl AsyncRead for GrpcConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.io.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GrpcConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.io.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.io.as_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io.as_mut().poll_shutdown(cx)
     }
 }

@@ -354,8 +354,7 @@ impl Server {
             .add_service(GrpcAuth::server(api.clone()))
             .add_service(GrpcAdmin::server(admin, api.clone()))
             .serve_with_incoming_shutdown(
-                // No Nagle: a response's frames must not wait for the peer's delayed ACK.
-                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                limits.grpc_incoming(grpc_listener),
                 draining(shutdown.clone(), health.clone(), settings.shutdown_delay),
             );
 

@@ -176,6 +176,126 @@ async fn one_connection_cannot_flood_the_grpc_port_with_streams() {
     served.kill().await;
 }
 
+/// A raw HTTP/2 connection to `addr` (its driver runs in a task).
+async fn h2_connection(
+    addr: &str,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (send, driver)
+}
+
+/// A health `Check` on a raw HTTP/2 connection.
+async fn h2_health_check(send: &h2::client::SendRequest<bytes::Bytes>, addr: &str) -> Ending {
+    let mut send = send.clone().ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(request, false).unwrap();
+    // An empty HealthCheckRequest: uncompressed, length 0.
+    stream
+        .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    ending(response).await
+}
+
+/// The gRPC port closes connections that send nothing (no preface, half a
+/// preface, half of a grpc-web request's headers) once the keep-alive
+/// interval and its timeout have passed, while a live HTTP/2 connection,
+/// which answers the pings, stays open and keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_port_closes_connections_that_send_nothing() {
+    let dir = TempDir::new();
+    let served = Served::start(
+        &dir.path,
+        &[
+            ("LATCHKEY_HTTP2_KEEPALIVE_INTERVAL", "1s"),
+            ("LATCHKEY_HTTP2_KEEPALIVE_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let (live, _driver) = h2_connection(&served.grpc).await;
+    assert_eq!(
+        h2_health_check(&live, &served.grpc).await,
+        Ending::Status("0".into())
+    );
+
+    let mut slow = Vec::new();
+    for i in 0..30 {
+        let mut tcp = TcpStream::connect(&served.grpc).await.unwrap();
+        let kind = match i % 3 {
+            0 => "silent",
+            1 => {
+                tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+                "half a preface"
+            }
+            _ => {
+                tcp.write_all(b"POST /grpc.health.v1.Health/Check HTTP/1.1\r\nhost: x\r\n")
+                    .await
+                    .unwrap();
+                "unfinished grpc-web headers"
+            }
+        };
+        slow.push((kind, tcp));
+    }
+    let closes = slow.into_iter().map(|(kind, tcp)| async move {
+        // Generous against the 2 s; without the deadline: never.
+        (kind, closed_by_server(tcp, Duration::from_secs(20)).await)
+    });
+    for (kind, closed) in futures_util::future::join_all(closes).await {
+        assert!(closed.is_some(), "a connection ({kind}) is still open");
+    }
+    // The live connection answered the pings all along and still works.
+    assert_eq!(
+        h2_health_check(&live, &served.grpc).await,
+        Ending::Status("0".into())
+    );
+    served.kill().await;
+}
+
+/// The gRPC port holds at most `LATCHKEY_GRPC_MAX_CONNECTIONS` connections;
+/// the next one is served once one of them closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_port_caps_open_connections() {
+    let dir = TempDir::new();
+    let served = Served::start(&dir.path, &[("LATCHKEY_GRPC_MAX_CONNECTIONS", "2")]).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (send, driver) = h2_connection(&served.grpc).await;
+        assert_eq!(
+            h2_health_check(&send, &served.grpc).await,
+            Ending::Status("0".into())
+        );
+        held.push((send, driver));
+    }
+    // The third connection is not accepted: its call waits...
+    let addr = served.grpc.clone();
+    let mut third = tokio::spawn(async move {
+        let (send, _driver) = h2_connection(&addr).await;
+        h2_health_check(&send, &addr).await
+    });
+    let waited = tokio::time::timeout(Duration::from_millis(500), &mut third).await;
+    assert!(waited.is_err(), "answered over the cap: {waited:?}");
+    // ...until one of the two goes away.
+    let (send, driver) = held.pop().unwrap();
+    drop(send);
+    driver.abort();
+    let answered = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert_eq!(answered, Ending::Status("0".into()));
+    served.kill().await;
+}
+
 /// What a slow client saw when the server closed its connection.
 struct Closed {
     /// Everything the server sent before closing.
