@@ -576,6 +576,41 @@ pub struct Settings {
     #[arg(long, env = "LATCHKEY_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration_or_zero, global = true)]
     pub shutdown_delay: Duration,
 
+    /// HTTP/2 streams one connection may have open at a time, on the gRPC
+    /// port and the gateway (SETTINGS_MAX_CONCURRENT_STREAMS); further
+    /// streams wait for a free one.
+    #[arg(long, env = "LATCHKEY_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
+    pub http2_max_concurrent_streams: u32,
+
+    /// How often an HTTP/2 connection is pinged to check the peer is alive.
+    #[arg(long, env = "LATCHKEY_HTTP2_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = duration, global = true)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long an HTTP/2 ping may go unanswered before the connection is closed.
+    #[arg(long, env = "LATCHKEY_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = duration, global = true)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// gRPC port: open connections at most; more wait to be accepted.
+    #[arg(long, env = "LATCHKEY_GRPC_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub grpc_max_connections: u32,
+
+    /// Gateway: how long a client has to send a request's headers, counted
+    /// from the connection (or the previous response on a kept-alive one).
+    #[arg(long, env = "LATCHKEY_HTTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    pub http_header_read_timeout: Duration,
+
+    /// Gateway: how long a request may take once its headers are in, body
+    /// included; then it is answered 408 and its connection closed.
+    #[arg(long, env = "LATCHKEY_HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration, global = true)]
+    pub http_request_timeout: Duration,
+
+    /// Gateway: open connections at most; more wait to be accepted.
+    #[arg(long, env = "LATCHKEY_HTTP_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub http_max_connections: u32,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `latchkey=debug`.
     #[arg(long, env = "LATCHKEY_LOG", default_value = "info", global = true)]
     pub log: String,

@@ -75,14 +75,12 @@ impl Kek {
                 Ok((kek, KekSource::ExistingFile))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(data_dir)
+                crate::files::create_private_dir(data_dir)
                     .with_context(|| format!("creating {}", data_dir.display()))?;
                 let kek = Self::generate();
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options
+                let mut file = crate::files::private_file()
+                    .write(true)
+                    .create_new(true)
                     .open(&path)
                     .with_context(|| format!("creating {}", path.display()))?;
                 writeln!(file, "{}", STANDARD.encode(kek.0))

@@ -15,8 +15,12 @@ pub mod clock;
 pub mod config;
 /// The one domain error and its machine-readable codes.
 pub mod error;
+/// Files at rest in the data directory: owner-only modes.
+pub mod files;
 /// The key-encryption key: seals private keys and queued mail at rest.
 pub mod kek;
+/// Connection limits of the gRPC port and the gateway.
+pub mod limits;
 /// Outgoing email: the outbox worker, SMTP and the dev mailbox, templates.
 pub mod mail;
 /// Prometheus metrics: names, recording, rendering.

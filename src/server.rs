@@ -13,7 +13,7 @@ use crate::{
     api::{
         Api, Readiness,
         admin::GrpcAdmin,
-        grpc::{GrpcAuth, oversized_request_as_invalid_argument},
+        grpc::{GrpcAuth, MAX_REQUEST_BYTES, oversized_request_as_invalid_argument},
         openapi, rest,
     },
     auth::{
@@ -26,6 +26,7 @@ use crate::{
     clock::Clock,
     config::Settings,
     kek::{Kek, KekSource},
+    limits::Limits,
     mail::{
         outbox::{OutboxWorker, WorkerSettings},
         templates::Templates,
@@ -110,11 +111,28 @@ pub fn load_kek(settings: &Settings) -> anyhow::Result<Kek> {
     Ok(kek)
 }
 
+/// Makes an existing data directory private (see [`crate::files`]),
+/// logging every change.
+fn tighten_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let changed = crate::files::tighten_data_dir(dir)
+        .with_context(|| format!("restricting access to {}", dir.display()))?;
+    for change in changed {
+        tracing::warn!(
+            path = %change.path.display(),
+            from = %format!("{:04o}", change.from),
+            to = %format!("{:04o}", change.to),
+            "removed group and other access from a data file"
+        );
+    }
+    Ok(())
+}
+
 impl Server {
     /// Connects, migrates, loads keys and binds the listener.
     pub async fn build(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
         settings.validate()?;
         refuse_silent_dev_mailbox(&settings)?;
+        tighten_data_dir(&settings.data_dir)?;
         let kek = load_kek(&settings)?;
         let store = open_store(&settings).await?;
 
@@ -306,8 +324,14 @@ impl Server {
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        // Public services take small requests only, like the API's own.
+        let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
+        let reflection_v1 = reflection()
+            .build_v1()?
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()?
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         let background = CancellationToken::new();
         let mut tasks: Vec<JoinHandle<()>> = vec![
@@ -336,7 +360,9 @@ impl Server {
 
         let api = Api::new(auth);
         let cors = cors_layer(&settings.cors_allowed_origins)?;
-        let grpc = tonic::transport::Server::builder()
+        let limits = Limits::from_settings(&settings);
+        let grpc = limits
+            .grpc_server()
             // HTTP/1.1 for grpc-web (browsers and their tooling).
             .accept_http1(true)
             .layer(tower::util::option_layer(cors.clone()))
@@ -352,8 +378,7 @@ impl Server {
             .add_service(GrpcAuth::server(api.clone()))
             .add_service(GrpcAdmin::server(admin, api.clone()))
             .serve_with_incoming_shutdown(
-                // No Nagle: a response's frames must not wait for the peer's delayed ACK.
-                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                limits.grpc_incoming(grpc_listener),
                 draining(shutdown.clone(), health.clone(), settings.shutdown_delay),
             );
 
@@ -365,17 +390,11 @@ impl Server {
         })
         .layer(RpcLayer::new("http", rest::http_call_name))
         .layer(tower::util::option_layer(cors));
-        let http = axum::serve(
-            axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
+        let http = limits.serve_http(
+            http_listener,
             router,
-        )
-        .with_graceful_shutdown(draining(
-            shutdown.clone(),
-            health.clone(),
-            settings.shutdown_delay,
-        ));
+            draining(shutdown.clone(), health.clone(), settings.shutdown_delay),
+        );
 
         // Scrapes keep working through the drain; this listener closes with
         // the background work.
@@ -602,10 +621,8 @@ async fn watch_readiness(
 fn announce_development_key(settings: &Settings, key: &str) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
     let path = settings.data_dir.join("dev-api-key");
-    std::fs::create_dir_all(&settings.data_dir)?;
-    let mut file = std::fs::File::create(&path)?;
-    #[cfg(unix)]
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    crate::files::create_private_dir(&settings.data_dir)?;
+    let mut file = crate::files::create_private_file(&path)?;
     writeln!(file, "{key}")?;
     if std::io::stderr().is_terminal() {
         eprintln!(

@@ -91,8 +91,8 @@ impl Transport {
             Self::DevMailbox(dir) => {
                 let path = dir.join(format!("{}.eml", mail.id));
                 let write = async {
-                    tokio::fs::create_dir_all(dir).await?;
-                    tokio::fs::write(&path, mail.message.formatted()).await
+                    crate::files::create_private_dir_async(dir).await?;
+                    crate::files::write_private_file(&path, &mail.message.formatted()).await
                 };
                 write
                     .await

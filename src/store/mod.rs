@@ -208,8 +208,14 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            if let Some(dir) = connect.get_filename().parent() {
-                ensure_dir(dir)?;
+            let file = connect.get_filename();
+            if !url.contains("mode=memory") && file != Path::new(":memory:") {
+                if let Some(dir) = file.parent() {
+                    ensure_dir(dir)?;
+                }
+                // 0600 from the start: SQLite gives `-wal` and `-shm` its mode.
+                crate::files::precreate_sqlite_file(file)
+                    .map_err(|e| StoreError(sqlx::Error::Io(e)))?;
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(options.max_connections.min(8))
@@ -345,5 +351,5 @@ fn ensure_dir(dir: &Path) -> Result<()> {
     if dir.as_os_str().is_empty() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(|e| StoreError(sqlx::Error::Io(e)))
+    crate::files::create_private_dir(dir).map_err(|e| StoreError(sqlx::Error::Io(e)))
 }
