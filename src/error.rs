@@ -209,4 +209,41 @@ mod tests {
             );
         }
     }
+
+    /// The proto's `ErrorReason` (what generated clients match on), the
+    /// codes the server sends and the README's error table list the same
+    /// reasons: each enum value is `ERROR_REASON_` + a reason.
+    #[test]
+    fn the_error_reason_enum_the_codes_and_the_readme_table_agree() {
+        use crate::proto::ErrorReason;
+        use std::collections::BTreeSet;
+
+        let codes: BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(codes.len(), ErrorCode::ALL.len(), "a code is listed twice");
+
+        let unspecified = ErrorReason::Unspecified as i32;
+        let in_enum: BTreeSet<&str> = (0..1000)
+            .filter(|&n| n != unspecified)
+            .filter_map(|n| ErrorReason::try_from(n).ok())
+            .map(|r| {
+                r.as_str_name()
+                    .strip_prefix("ERROR_REASON_")
+                    .expect("every ErrorReason value starts with ERROR_REASON_")
+            })
+            .collect();
+        assert_eq!(in_enum, codes, "proto ErrorReason vs ErrorCode::ALL");
+
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Errors\n")
+            .nth(1)
+            .expect("README has an Errors section");
+        let section = section.split("\n## ").next().unwrap_or(section);
+        let in_table: BTreeSet<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        assert_eq!(in_table, codes, "README error table vs ErrorCode::ALL");
+    }
 }

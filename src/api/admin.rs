@@ -44,7 +44,7 @@ impl admin_service_server::AdminService for GrpcAdmin {
     async fn create_tenant(
         &self,
         request: Request<proto::CreateTenantRequest>,
-    ) -> Result<Response<proto::Tenant>, Status> {
+    ) -> Result<Response<proto::CreateTenantResponse>, Status> {
         admin_key(&request)?;
         let req = request.into_inner();
         let settings = settings_from_proto(req.settings.unwrap_or_default());
@@ -52,7 +52,7 @@ impl admin_service_server::AdminService for GrpcAdmin {
             self.admin
                 .create_tenant(&req.tenant_id, &req.name, settings)
                 .await
-                .map(|t| tenant_to_proto(&t)),
+                .map(|t| tenant_message!(proto::CreateTenantResponse, &t)),
         )
     }
 
@@ -74,16 +74,20 @@ impl admin_service_server::AdminService for GrpcAdmin {
     async fn get_tenant(
         &self,
         request: Request<proto::GetTenantRequest>,
-    ) -> Result<Response<proto::Tenant>, Status> {
+    ) -> Result<Response<proto::GetTenantResponse>, Status> {
         admin_key(&request)?;
         let id = request.into_inner().tenant_id;
-        reply(self.admin.tenant(&id).map(|t| tenant_to_proto(&t)))
+        reply(
+            self.admin
+                .tenant(&id)
+                .map(|t| tenant_message!(proto::GetTenantResponse, &t)),
+        )
     }
 
     async fn update_tenant(
         &self,
         request: Request<proto::UpdateTenantRequest>,
-    ) -> Result<Response<proto::Tenant>, Status> {
+    ) -> Result<Response<proto::UpdateTenantResponse>, Status> {
         admin_key(&request)?;
         let req = request.into_inner();
         let set = settings_from_proto(req.settings.unwrap_or_default());
@@ -96,7 +100,7 @@ impl admin_service_server::AdminService for GrpcAdmin {
                     &req.clear_settings,
                 )
                 .await
-                .map(|t| tenant_to_proto(&t)),
+                .map(|t| tenant_message!(proto::UpdateTenantResponse, &t)),
         )
     }
 
@@ -159,14 +163,14 @@ impl admin_service_server::AdminService for GrpcAdmin {
     async fn get_user(
         &self,
         request: Request<proto::GetUserRequest>,
-    ) -> Result<Response<proto::User>, Status> {
+    ) -> Result<Response<proto::GetUserResponse>, Status> {
         admin_key(&request)?;
         let req = request.into_inner();
         reply(
             self.admin
                 .find_user(&req.tenant_id, &req.user_id, &req.email)
                 .await
-                .map(|u| proto::User {
+                .map(|u| proto::GetUserResponse {
                     id: u.id,
                     email: u.email,
                     created_at: Some(timestamp(u.created_at)),
@@ -244,14 +248,25 @@ pub fn settings_to_proto(s: &TenantSettings) -> proto::TenantSettings {
     }
 }
 
+/// A tenant as one of the messages with Tenant's fields (`Tenant` itself,
+/// and the Create/Get/UpdateTenant responses, which repeat its fields so the
+/// wire format stays that of `Tenant`).
+macro_rules! tenant_message {
+    ($message:path, $t:expr) => {{
+        let t: &Arc<Tenant> = $t;
+        $message {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            settings: Some(settings_to_proto(&t.settings)),
+            created_at: Some(timestamp(t.created_at)),
+            updated_at: Some(timestamp(t.updated_at)),
+        }
+    }};
+}
+use tenant_message;
+
 fn tenant_to_proto(t: &Arc<Tenant>) -> proto::Tenant {
-    proto::Tenant {
-        id: t.id.clone(),
-        name: t.name.clone(),
-        settings: Some(settings_to_proto(&t.settings)),
-        created_at: Some(timestamp(t.created_at)),
-        updated_at: Some(timestamp(t.updated_at)),
-    }
+    tenant_message!(proto::Tenant, t)
 }
 
 fn key_to_proto(k: &ApiKeyInfo) -> proto::ApiKey {

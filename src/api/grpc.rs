@@ -154,7 +154,7 @@ impl auth_service_server::AuthService for GrpcAuth {
     async fn resend_code(
         &self,
         request: Request<proto::ResendCodeRequest>,
-    ) -> Result<Response<proto::StartAuthResponse>, Status> {
+    ) -> Result<Response<proto::ResendCodeResponse>, Status> {
         let tenant = tenant(&request)?;
         reply(self.api.resend_code(&tenant, request.into_inner()).await)
     }

@@ -141,9 +141,9 @@ impl Api {
         &self,
         tenant: &Tenant,
         req: proto::ResendCodeRequest,
-    ) -> Result<proto::StartAuthResponse, AuthError> {
+    ) -> Result<proto::ResendCodeResponse, AuthError> {
         let started = self.auth.resend_code(tenant, &req.session_id).await?;
-        Ok(proto::StartAuthResponse {
+        Ok(proto::ResendCodeResponse {
             session_id: started.session_id,
             expires_at: Some(timestamp(started.expires_at)),
             code_length: u32::from(started.code_length),

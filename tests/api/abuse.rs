@@ -65,7 +65,7 @@ async fn start(
     .await
 }
 
-async fn resend(app: &TestApp, session_id: &str) -> Result<proto::StartAuthResponse, ApiError> {
+async fn resend(app: &TestApp, session_id: &str) -> Result<proto::ResendCodeResponse, ApiError> {
     app.api
         .resend_code(proto::ResendCodeRequest {
             session_id: session_id.to_owned(),

@@ -115,7 +115,7 @@ impl ApiClient {
         verify(VerifyRequest) -> VerifyResponse at "/auth/verify";
         refresh(RefreshRequest) -> RefreshResponse at "/auth/refresh";
         revoke(RevokeRequest) -> RevokeResponse at "/auth/revoke";
-        resend_code(ResendCodeRequest) -> StartAuthResponse at "/auth/resend";
+        resend_code(ResendCodeRequest) -> ResendCodeResponse at "/auth/resend";
         list_sessions(ListSessionsRequest) -> ListSessionsResponse at "/sessions/list";
         revoke_session(RevokeSessionRequest) -> RevokeSessionResponse at "/sessions/revoke";
         revoke_all_sessions(RevokeAllSessionsRequest) -> RevokeAllSessionsResponse at "/sessions/revoke-all";

@@ -1,0 +1,1 @@
+"""Generated from proto/latchkey/v1 by `buf generate` (see clients/README.md)."""
