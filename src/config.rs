@@ -415,7 +415,9 @@ pub struct Settings {
     #[arg(long, env = "LATCHKEY_SMTP_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
     pub smtp_timeout: Duration,
 
-    /// Longest one message may take to send, connection included.
+    /// How long to wait for the mail server's answer to the end of a message
+    /// (it may be scanning it). Without an answer by then the message may or
+    /// may not have been accepted: it is not sent again for ten minutes.
     #[arg(long, env = "LATCHKEY_SMTP_SEND_TIMEOUT", default_value = "30s", value_parser = duration, global = true)]
     pub smtp_send_timeout: Duration,
 

@@ -127,6 +127,13 @@ fn tighten_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The longest one SMTP send can take: connecting, the session set-up, MAIL,
+/// RCPT and DATA within the SMTP timeout each, and the answer to the end of
+/// the message within the send timeout.
+fn smtp_send_bound(settings: &Settings) -> Duration {
+    settings.smtp_timeout * 5 + settings.smtp_send_timeout
+}
+
 impl Server {
     /// Connects, migrates, loads keys and binds the listener.
     pub async fn build(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
@@ -137,7 +144,11 @@ impl Server {
         let store = open_store(&settings).await?;
 
         let transport = match &settings.smtp_url {
-            Some(url) => Transport::smtp(url.expose(), settings.smtp_timeout)?,
+            Some(url) => Transport::smtp(
+                url.expose(),
+                settings.smtp_timeout,
+                settings.smtp_send_timeout,
+            )?,
             None => {
                 let dir = settings.data_dir.join("mailbox");
                 tracing::warn!(
@@ -205,10 +216,15 @@ impl Server {
                 poll_interval: settings.outbox_poll_interval,
                 retry_base: settings.outbox_retry_base,
                 retry_max: settings.outbox_retry_max,
-                // A batch is sent concurrently, each send bounded well inside
-                // the lease; the batch matches the SMTP connection pool.
-                lease: (settings.smtp_send_timeout * 2).max(Duration::from_secs(60)),
-                send_timeout: settings.smtp_send_timeout,
+                // A batch is sent concurrently; the batch matches the SMTP
+                // connection pool. Every step of a send has its deadline
+                // (connecting, the session set-up and MAIL, RCPT, DATA: the
+                // SMTP timeout each; the end of the message: the send
+                // timeout), so a send ends within their sum, and the lease
+                // outlasts that.
+                lease: (smtp_send_bound(&settings) + Duration::from_secs(10))
+                    .max(Duration::from_secs(60)),
+                send_timeout: smtp_send_bound(&settings),
                 max_attempts: settings.outbox_max_attempts,
                 batch: 8,
             },

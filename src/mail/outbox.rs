@@ -48,6 +48,10 @@ pub struct WorkerSettings {
     pub batch: i64,
 }
 
+/// A message the relay may have accepted (it got the whole message but never
+/// answered) is not sent again before this long.
+const UNCERTAIN_RESEND_AFTER: Duration = Duration::from_secs(600);
+
 /// Deliveries later than this after StartAuth move the proof's expiry.
 const EXTEND_AFTER_MS: i64 = 1_000;
 
@@ -151,21 +155,33 @@ impl OutboxWorker {
             }
             return Ok(0);
         }
-        let sent: Vec<bool> = batch.iter().map(|m| m.kind != KIND_SUPPRESSED).collect();
-        let outcomes =
-            futures_util::future::join_all(batch.into_iter().map(|mail| self.deliver(mail))).await;
-        if let Err(e) = self.store.record_outcomes(&outcomes).await {
-            // The leases run out and the messages are tried again.
-            tracing::warn!(error = %e, "outbox: recording the outcomes failed");
-        } else {
-            // Suppressed emails are never counted as emails.
-            let counted: Vec<Outcome> = outcomes
-                .iter()
-                .zip(&sent)
-                .filter(|(_, sent)| **sent)
-                .map(|(o, _)| o.clone())
-                .collect();
-            count_outcomes(&counted);
+        // Each outcome is recorded as soon as its send ends (together with
+        // any others that ended meanwhile), not after the slowest of the
+        // batch: an accepted email's code must work at once, whatever else
+        // is still being sent.
+        use futures_util::StreamExt;
+        let mut ended = batch
+            .into_iter()
+            .map(|mail| async move {
+                let counted = mail.kind != KIND_SUPPRESSED;
+                (self.deliver(mail).await, counted)
+            })
+            .collect::<futures_util::stream::FuturesUnordered<_>>()
+            .ready_chunks(claimed.max(1));
+        while let Some(chunk) = ended.next().await {
+            let (outcomes, counted): (Vec<Outcome>, Vec<bool>) = chunk.into_iter().unzip();
+            if let Err(e) = self.store.record_outcomes(&outcomes).await {
+                // The leases run out and the messages are tried again.
+                tracing::warn!(error = %e, "outbox: recording the outcomes failed");
+            } else {
+                // Suppressed emails are never counted as emails.
+                let counted: Vec<Outcome> = outcomes
+                    .into_iter()
+                    .zip(counted)
+                    .filter_map(|(o, counted)| counted.then_some(o))
+                    .collect();
+                count_outcomes(&counted);
+            }
         }
         Ok(claimed)
     }
@@ -242,7 +258,7 @@ impl OutboxWorker {
                     error,
                 }
             }
-            Err(SendError::Transient(error))
+            Err(SendError::Transient(error) | SendError::Uncertain(error))
                 if mail.attempts
                     >= i32::try_from(self.settings.max_attempts).unwrap_or(i32::MAX) =>
             {
@@ -251,6 +267,22 @@ impl OutboxWorker {
                     error: format!("gave up after {} attempts: {error}", mail.attempts),
                     id: mail.id,
                     attempts: mail.attempts,
+                }
+            }
+            Err(SendError::Uncertain(error)) => {
+                // Sending it again at once could deliver a second copy: the
+                // relay may still accept this one (RFC 5321 §4.5.3.2.6 gives
+                // it ten minutes to answer the end of a message).
+                tracing::warn!(error = %error, retry_in_ms = millis(UNCERTAIN_RESEND_AFTER), "email not confirmed by the mail server: not sent again before the retry");
+                Outcome::Retry {
+                    id: mail.id,
+                    attempts: mail.attempts,
+                    at: now + millis(UNCERTAIN_RESEND_AFTER),
+                    error: format!(
+                        "not confirmed: {error} (it may have been delivered; not sent again \
+                         for {} minutes)",
+                        UNCERTAIN_RESEND_AFTER.as_secs() / 60
+                    ),
                 }
             }
             Err(SendError::Transient(error)) => {

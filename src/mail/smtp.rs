@@ -51,7 +51,12 @@ pub struct SmtpClient {
     /// network). Off by default: then AUTH only ever goes over TLS.
     auth_without_tls: bool,
     hello: ClientId,
+    /// Connecting, and each command (RFC 5321 §4.5.3.2: a timeout per
+    /// command, not one for the whole exchange).
     timeout: Duration,
+    /// The wait for the answer to the end of a message, which a relay may
+    /// legitimately take long to give (it may be filtering the message).
+    data_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
     /// How long the relay took to accept the last message (microseconds):
@@ -126,10 +131,18 @@ impl SmtpClient {
             auth_without_tls,
             hello: ClientId::default(),
             timeout,
+            data_timeout: timeout,
             max_idle,
             idle: Mutex::new(Vec::new()),
             last_accept_us: AtomicU64::new(0),
         })
+    }
+
+    /// The wait for the answer to the end of a message (default: the
+    /// per-command timeout).
+    pub fn with_data_timeout(mut self, data_timeout: Duration) -> Self {
+        self.data_timeout = data_timeout.max(self.timeout);
+        self
     }
 
     #[tracing::instrument(name = "smtp connect", skip_all)]
@@ -247,16 +260,11 @@ impl SmtpClient {
         let envelope = Envelope::new(from, to).map_err(|e| SendError::Permanent(e.to_string()))?;
         let mut conn = self.checkout().await?;
         let began = Instant::now();
-        let sent = tokio::time::timeout(self.timeout, conn.send(&envelope, message)).await;
-        let sent = match sent {
-            Ok(result) => result.map_err(classify).inspect(|_| {
-                let took = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-                self.last_accept_us.store(took, Ordering::Relaxed);
-            }),
-            Err(_) => Err(SendError::Transient(
-                "the mail server did not answer in time".into(),
-            )),
-        };
+        let sent = self.transaction(&mut conn, &envelope, message).await;
+        if sent.is_ok() {
+            let took = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.last_accept_us.store(took, Ordering::Relaxed);
+        }
         match sent {
             Ok(_) if !conn.has_broken() => {
                 let mut idle = self.idle.lock().expect("smtp pool lock");
@@ -270,6 +278,74 @@ impl SmtpClient {
                 conn.abort().await;
                 Err(e)
             }
+        }
+    }
+}
+
+impl SmtpClient {
+    /// One mail transaction: MAIL, RCPT and DATA each within the command
+    /// timeout, then the message and the wait for the answer to its end
+    /// within the data timeout. Up to DATA's go-ahead nothing was
+    /// transmitted, so a failure is plainly temporary (or permanent, on a
+    /// 5xx); after it, a missing answer leaves the outcome uncertain.
+    async fn transaction(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<(), SendError> {
+        use lettre::transport::smtp::{
+            commands::{Data, Mail, Rcpt},
+            extension::{Extension, MailBodyParameter, MailParameter},
+        };
+        let late = || SendError::Transient("the mail server did not answer in time".into());
+        let mut options = Vec::new();
+        let non_ascii = |a: &Address| !AsRef::<str>::as_ref(a).is_ascii();
+        if envelope.to().iter().any(non_ascii) || envelope.from().is_some_and(non_ascii) {
+            if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+                return Err(SendError::Permanent(
+                    "the mail server does not accept internationalised addresses (SMTPUTF8)".into(),
+                ));
+            }
+            options.push(MailParameter::SmtpUtfEight);
+        }
+        if !message.is_ascii() {
+            if !conn.server_info().supports_feature(Extension::EightBitMime) {
+                return Err(SendError::Permanent(
+                    "the mail server does not accept 8-bit messages (8BITMIME)".into(),
+                ));
+            }
+            options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let mail = Mail::new(envelope.from().cloned(), options);
+        tokio::time::timeout(self.timeout, conn.command(mail))
+            .await
+            .map_err(|_| late())?
+            .map_err(classify)?;
+        for to in envelope.to() {
+            let rcpt = Rcpt::new(to.clone(), Vec::new());
+            tokio::time::timeout(self.timeout, conn.command(rcpt))
+                .await
+                .map_err(|_| late())?
+                .map_err(classify)?;
+        }
+        tokio::time::timeout(self.timeout, conn.command(Data))
+            .await
+            .map_err(|_| late())?
+            .map_err(classify)?;
+        match tokio::time::timeout(self.data_timeout, conn.message(message)).await {
+            Ok(Ok(_)) => Ok(()),
+            // The server answered the end of the message with a refusal.
+            Ok(Err(e)) if e.is_permanent() || e.is_transient() => Err(classify(e)),
+            Ok(Err(e)) => Err(SendError::Uncertain(format!(
+                "the connection failed after the message was sent, before the mail server \
+                 confirmed it: {}",
+                crate::auth::email::mask_addresses(&e.to_string())
+            ))),
+            Err(_) => Err(SendError::Uncertain(format!(
+                "the message was sent but the mail server did not confirm it within {:?}",
+                self.data_timeout
+            ))),
         }
     }
 }

@@ -16,6 +16,11 @@ pub enum SendError {
     /// Connection problems, timeouts, 4xx: retry later.
     #[error("temporary failure: {0}")]
     Transient(String),
+    /// The whole message went out but the server's answer to its end never
+    /// came (timeout, connection lost): it may have been accepted. Not to
+    /// be sent again while the server could still be taking the first copy.
+    #[error("not confirmed: {0}")]
+    Uncertain(String),
 }
 
 /// SMTP connections kept open per process (the outbox sends a batch of this
@@ -49,9 +54,12 @@ impl Transport {
     /// An SMTP transport from a URL: `smtp://host:port` (plain),
     /// `smtp://…?tls=required` (STARTTLS), `smtps://…` (implicit TLS), with
     /// optional `user:password@` for AUTH.
-    pub fn smtp(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// `timeout` bounds connecting and each SMTP command; `data_timeout`
+    /// the wait for the answer to the end of a message.
+    pub fn smtp(url: &str, timeout: Duration, data_timeout: Duration) -> anyhow::Result<Self> {
         let client = SmtpClient::from_url(url, timeout, POOL_SIZE)
-            .map_err(|e| anyhow::anyhow!("LATCHKEY_SMTP_URL: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("LATCHKEY_SMTP_URL: {e}"))?
+            .with_data_timeout(data_timeout);
         Ok(Self::Smtp(client))
     }
 

@@ -256,6 +256,8 @@ struct Inbox {
     rejected: Mutex<Vec<String>>,
     /// How long the server takes to accept a message (a slow relay).
     delay: Mutex<Duration>,
+    /// The same for messages to one recipient (overrides `delay`).
+    delay_for: Mutex<Vec<(String, Duration)>>,
 }
 
 /// A real SMTP server (mailin-embedded) on 127.0.0.1, collecting messages.
@@ -295,7 +297,19 @@ impl Handler for SinkHandler {
 
     fn data_end(&mut self) -> Response {
         // A thread per connection: only this message waits.
-        let delay = *self.inbox.delay.lock().unwrap();
+        let own = self
+            .inbox
+            .delay_for
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|(to, d)| {
+                self.to
+                    .iter()
+                    .any(|t| t.trim_matches(['<', '>']) == to)
+                    .then_some(*d)
+            });
+        let delay = own.unwrap_or(*self.inbox.delay.lock().unwrap());
         std::thread::sleep(delay);
         let mail = ReceivedMail {
             to: std::mem::take(&mut self.to),
@@ -359,6 +373,15 @@ impl SmtpSink {
     /// Answer each message's end of data only after `delay` (a slow relay).
     pub fn set_delay(&self, delay: Duration) {
         *self.inbox.delay.lock().unwrap() = delay;
+    }
+
+    /// Answer the end of data of messages to `to` only after `delay`.
+    pub fn set_delay_for(&self, to: &str, delay: Duration) {
+        self.inbox
+            .delay_for
+            .lock()
+            .unwrap()
+            .push((to.to_owned(), delay));
     }
 
     pub fn accept(&self, to: &str) {

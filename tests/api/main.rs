@@ -9,6 +9,7 @@ mod abuse;
 mod bad_input;
 mod cli;
 mod codes;
+mod delivery;
 mod enumeration;
 mod files;
 mod gateway;

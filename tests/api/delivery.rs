@@ -1,0 +1,164 @@
+//! How the outbox deals with a relay that is slow to answer: per-command
+//! timeouts, a message the relay may have taken is not sent twice, and each
+//! accepted email is recorded (its code working) as soon as it is accepted.
+
+use std::time::Duration;
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestApp, spawn_app_with};
+
+both_backends!(
+    a_slow_answer_to_the_end_of_a_message_is_awaited_not_resent,
+    a_message_the_relay_never_confirmed_is_not_sent_again_at_once,
+    a_code_works_as_soon_as_its_email_is_accepted_whatever_else_is_being_sent,
+);
+
+/// Polls `what` every 20 ms until it holds, for at most `within`.
+async fn eventually<F, Fut>(within: Duration, mut what: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if what().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn sent_count(app: &TestApp) -> i64 {
+    app.store.outbox_counts().await.unwrap().sent
+}
+
+async fn a_slow_answer_to_the_end_of_a_message_is_awaited_not_resent(backend: Backend) {
+    // Each command must be answered within 1 s; the end of the message may
+    // take up to 5 s. The relay takes 2 s to answer the end of the message.
+    let app = spawn_app_with(backend, |s| {
+        s.smtp_timeout = Duration::from_secs(1);
+        s.smtp_send_timeout = Duration::from_secs(5);
+        s.outbox_retry_base = Duration::from_millis(100);
+    })
+    .await;
+    app.smtp.set_delay(Duration::from_secs(2));
+    app.start_auth("slow@example.com").await.unwrap();
+
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            sent_count(&app).await == 1
+        })
+        .await,
+        "never recorded as sent: {:?}",
+        app.outbox_errors().await
+    );
+    assert_eq!(app.smtp.mails_to("slow@example.com").len(), 1, "one copy");
+    let counts = app.store.outbox_counts().await.unwrap();
+    assert_eq!((counts.queued, counts.dead), (0, 0));
+}
+
+async fn a_message_the_relay_never_confirmed_is_not_sent_again_at_once(backend: Backend) {
+    // The relay takes the whole message but answers its end only after 3 s;
+    // latchkey waits 1 s for that answer.
+    let app = spawn_app_with(backend, |s| {
+        s.smtp_timeout = Duration::from_secs(1);
+        s.smtp_send_timeout = Duration::from_secs(1);
+        s.outbox_retry_base = Duration::from_millis(100);
+        s.outbox_poll_interval = Duration::from_millis(100);
+    })
+    .await;
+    app.smtp.set_delay(Duration::from_secs(3));
+    app.start_auth("unsure@example.com").await.unwrap();
+
+    // The relay did take it...
+    app.smtp.wait_for("unsure@example.com").await;
+    // ...and latchkey recorded that it may have, and holds the message back.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.outbox_errors()
+                .await
+                .iter()
+                .any(|e| e.contains("not confirmed") && e.contains("10 minutes"))
+        })
+        .await,
+        "{:?}",
+        app.outbox_errors().await
+    );
+    // A plain temporary failure would be retried within 100-200 ms; this
+    // one is not (the retry base is 100 ms, so 1 s is ample).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.smtp.mails_to("unsure@example.com").len(), 1);
+    assert_eq!(app.store.outbox_counts().await.unwrap().queued, 1);
+
+    // Ten minutes on, it is sent again (the relay is quick now) and recorded.
+    app.smtp.set_delay(Duration::ZERO);
+    app.clock.advance(Duration::from_secs(601));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sent_count(&app).await == 1
+        })
+        .await,
+        "{:?}",
+        app.outbox_errors().await
+    );
+    assert_eq!(app.smtp.mails_to("unsure@example.com").len(), 2);
+}
+
+async fn a_code_works_as_soon_as_its_email_is_accepted_whatever_else_is_being_sent(
+    backend: Backend,
+) {
+    // Codes live 4 s from acceptance by the relay.
+    let app = spawn_app_with(backend, |s| {
+        s.code_ttl = Duration::from_secs(4);
+        s.code_max_age = Duration::from_secs(120);
+    })
+    .await;
+    app.smtp
+        .set_delay_for("blocker@example.com", Duration::from_secs(3));
+    app.smtp
+        .set_delay_for("slow@example.com", Duration::from_secs(8));
+    app.smtp
+        .set_delay_for("fast@example.com", Duration::from_secs(2));
+
+    // While the worker sends the blocker's email, two more logins queue up:
+    // the worker's next batch holds both.
+    app.start_auth("blocker@example.com").await.unwrap();
+    let pool = app.db_pool().await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            pool.strings("SELECT CAST(attempts AS TEXT) FROM outbox")
+                .await
+                .contains(&"1".to_owned())
+        })
+        .await
+    );
+    app.start_auth("slow@example.com").await.unwrap();
+    let fast = app.start_auth("fast@example.com").await.unwrap();
+
+    // The fast one is accepted about 5 s after its login started, past its
+    // nominal 4 s: its code works once the relay has accepted it...
+    let mail = app.smtp.wait_for("fast@example.com").await;
+    assert!(
+        eventually(Duration::from_millis(1500), || async {
+            pool.strings(
+                "SELECT recipient FROM outbox WHERE state = 'sent' AND recipient = 'fast@example.com'",
+            )
+            .await
+            .len()
+                == 1
+        })
+        .await,
+        "the accepted email was not recorded while the slow one was still being sent"
+    );
+    assert!(
+        app.smtp.mails_to("slow@example.com").is_empty(),
+        "the slow email is still on its way"
+    );
+    app.verify(&fast.session_id, &mail.code())
+        .await
+        .expect("the code works as soon as its email was accepted");
+    pool.close().await;
+}
