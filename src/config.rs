@@ -421,6 +421,14 @@ pub struct Settings {
     #[arg(long, env = "LATCHKEY_SMTP_SEND_TIMEOUT", default_value = "30s", value_parser = duration, global = true)]
     pub smtp_send_timeout: Duration,
 
+    /// Emails each process sends at once, each over its own SMTP connection
+    /// (kept open for the next): raise it for a relay that is slow per
+    /// message but takes many connections; keep it within the relay's limit
+    /// of concurrent connections.
+    #[arg(long, env = "LATCHKEY_SMTP_MAX_CONNECTIONS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256), global = true)]
+    pub smtp_max_connections: u32,
+
     /// The sender of sign-in emails.
     #[arg(
         long,

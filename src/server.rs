@@ -148,6 +148,7 @@ impl Server {
                 url.expose(),
                 settings.smtp_timeout,
                 settings.smtp_send_timeout,
+                usize::try_from(settings.smtp_max_connections).unwrap_or(8),
             )?,
             None => {
                 let dir = settings.data_dir.join("mailbox");
@@ -226,7 +227,7 @@ impl Server {
                     .max(Duration::from_secs(60)),
                 send_timeout: smtp_send_bound(&settings),
                 max_attempts: settings.outbox_max_attempts,
-                batch: 8,
+                batch: i64::from(settings.smtp_max_connections),
             },
             wake: wake.clone(),
         };

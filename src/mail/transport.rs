@@ -23,10 +23,6 @@ pub enum SendError {
     Uncertain(String),
 }
 
-/// SMTP connections kept open per process (the outbox sends a batch of this
-/// many at a time).
-pub const POOL_SIZE: usize = 8;
-
 /// A message ready to go, with what the dev mailbox shows in the log.
 pub struct Outgoing<'a> {
     pub id: &'a str,
@@ -55,9 +51,16 @@ impl Transport {
     /// `smtp://…?tls=required` (STARTTLS), `smtps://…` (implicit TLS), with
     /// optional `user:password@` for AUTH.
     /// `timeout` bounds connecting and each SMTP command; `data_timeout`
-    /// the wait for the answer to the end of a message.
-    pub fn smtp(url: &str, timeout: Duration, data_timeout: Duration) -> anyhow::Result<Self> {
-        let client = SmtpClient::from_url(url, timeout, POOL_SIZE)
+    /// the wait for the answer to the end of a message; up to
+    /// `connections` stay open for reuse (the outbox sends that many at a
+    /// time).
+    pub fn smtp(
+        url: &str,
+        timeout: Duration,
+        data_timeout: Duration,
+        connections: usize,
+    ) -> anyhow::Result<Self> {
+        let client = SmtpClient::from_url(url, timeout, connections)
             .map_err(|e| anyhow::anyhow!("LATCHKEY_SMTP_URL: {e}"))?
             .with_data_timeout(data_timeout);
         Ok(Self::Smtp(client))

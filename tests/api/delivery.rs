@@ -11,6 +11,7 @@ both_backends!(
     a_slow_answer_to_the_end_of_a_message_is_awaited_not_resent,
     a_message_the_relay_never_confirmed_is_not_sent_again_at_once,
     a_code_works_as_soon_as_its_email_is_accepted_whatever_else_is_being_sent,
+    a_slow_relay_gets_as_many_emails_at_once_as_configured,
 );
 
 /// Polls `what` every 20 ms until it holds, for at most `within`.
@@ -161,4 +162,35 @@ async fn a_code_works_as_soon_as_its_email_is_accepted_whatever_else_is_being_se
         .await
         .expect("the code works as soon as its email was accepted");
     pool.close().await;
+}
+
+async fn a_slow_relay_gets_as_many_emails_at_once_as_configured(backend: Backend) {
+    // A relay that takes 500 ms per message, and 12 emails at once.
+    let app = spawn_app_with(backend, |s| s.smtp_max_connections = 12).await;
+    app.smtp.set_delay(Duration::from_millis(500));
+    let logins: Vec<_> = (0..24)
+        .map(|i| {
+            let api = app.api.clone();
+            async move {
+                api.start_auth(latchkey::proto::StartAuthRequest {
+                    email: format!("user{i}@example.com"),
+                    method: latchkey::proto::Method::Code as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+            }
+        })
+        .collect();
+    futures_util::future::join_all(logins).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            sent_count(&app).await == 24
+        })
+        .await,
+        "not every email went out"
+    );
+    // More than the old fixed 8 were in flight at once, never more than 12.
+    let most = app.smtp.most_in_flight();
+    assert!((9..=12).contains(&most), "{most} at once");
 }

@@ -258,6 +258,9 @@ struct Inbox {
     delay: Mutex<Duration>,
     /// The same for messages to one recipient (overrides `delay`).
     delay_for: Mutex<Vec<(String, Duration)>>,
+    /// Messages being accepted right now, and the most there ever were.
+    in_flight: std::sync::atomic::AtomicUsize,
+    most_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// A real SMTP server (mailin-embedded) on 127.0.0.1, collecting messages.
@@ -310,7 +313,11 @@ impl Handler for SinkHandler {
                     .then_some(*d)
             });
         let delay = own.unwrap_or(*self.inbox.delay.lock().unwrap());
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.inbox.in_flight.fetch_add(1, SeqCst) + 1;
+        self.inbox.most_in_flight.fetch_max(now, SeqCst);
         std::thread::sleep(delay);
+        self.inbox.in_flight.fetch_sub(1, SeqCst);
         let mail = ReceivedMail {
             to: std::mem::take(&mut self.to),
             data: String::from_utf8_lossy(&std::mem::take(&mut self.data)).into_owned(),
@@ -373,6 +380,13 @@ impl SmtpSink {
     /// Answer each message's end of data only after `delay` (a slow relay).
     pub fn set_delay(&self, delay: Duration) {
         *self.inbox.delay.lock().unwrap() = delay;
+    }
+
+    /// The most messages this server was ever accepting at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.inbox
+            .most_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Answer the end of data of messages to `to` only after `delay`.
