@@ -230,6 +230,7 @@ impl Server {
                 batch: i64::from(settings.smtp_max_connections),
             },
             wake: wake.clone(),
+            failing: Default::default(),
         };
         let auth = AuthService::new(Parts {
             store: store.clone(),

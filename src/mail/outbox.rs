@@ -87,6 +87,45 @@ pub struct OutboxWorker {
     pub settings: WorkerSettings,
     /// Notified after a commit that queued mail.
     pub wake: Arc<Notify>,
+    /// Whether sending currently fails, to log the change once.
+    pub failing: DeliveryHealth,
+}
+
+/// Whether email delivery is failing: a failure after a success, and the
+/// first success after failures, are each logged once (an outage does not
+/// log a line per attempt).
+#[derive(Debug, Default)]
+pub struct DeliveryHealth(std::sync::Mutex<Option<Failing>>);
+
+#[derive(Debug)]
+struct Failing {
+    since: UnixMillis,
+    failed_attempts: u64,
+}
+
+impl DeliveryHealth {
+    /// Records a failed attempt; true for the first since delivery worked.
+    fn failed(&self, now: UnixMillis) -> bool {
+        let mut state = self.0.lock().expect("delivery health lock");
+        match state.as_mut() {
+            Some(failing) => {
+                failing.failed_attempts += 1;
+                false
+            }
+            None => {
+                *state = Some(Failing {
+                    since: now,
+                    failed_attempts: 1,
+                });
+                true
+            }
+        }
+    }
+
+    /// Records an accepted message; the outage it ends, if any.
+    fn worked(&self) -> Option<Failing> {
+        self.0.lock().expect("delivery health lock").take()
+    }
 }
 
 impl OutboxWorker {
@@ -229,6 +268,27 @@ impl OutboxWorker {
             ))),
         };
         let now = self.clock.now_ms();
+        match &outcome {
+            Ok(_) => {
+                if let Some(outage) = self.failing.worked() {
+                    tracing::info!(
+                        failing_for_ms = now - outage.since,
+                        failed_attempts = outage.failed_attempts,
+                        "email delivery works again"
+                    );
+                }
+            }
+            Err(SendError::Transient(error) | SendError::Uncertain(error)) => {
+                if self.failing.failed(now) {
+                    tracing::warn!(
+                        error = %error,
+                        "email delivery is failing: messages stay queued and are retried \
+                         (logged once until an email is accepted again)"
+                    );
+                }
+            }
+            Err(SendError::Permanent(_)) => {}
+        }
         match outcome {
             Ok(extend_to) => {
                 tracing::info!(
@@ -273,7 +333,7 @@ impl OutboxWorker {
                 // Sending it again at once could deliver a second copy: the
                 // relay may still accept this one (RFC 5321 §4.5.3.2.6 gives
                 // it ten minutes to answer the end of a message).
-                tracing::warn!(error = %error, retry_in_ms = millis(UNCERTAIN_RESEND_AFTER), "email not confirmed by the mail server: not sent again before the retry");
+                tracing::debug!(error = %error, retry_in_ms = millis(UNCERTAIN_RESEND_AFTER), "email not confirmed by the mail server: not sent again before the retry");
                 Outcome::Retry {
                     id: mail.id,
                     attempts: mail.attempts,
@@ -287,7 +347,7 @@ impl OutboxWorker {
             }
             Err(SendError::Transient(error)) => {
                 let delay = self.backoff(mail.attempts);
-                tracing::warn!(error = %error, retry_in_ms = millis(delay), "email not sent: will retry");
+                tracing::debug!(error = %error, retry_in_ms = millis(delay), "email not sent: will retry");
                 Outcome::Retry {
                     id: mail.id,
                     attempts: mail.attempts,

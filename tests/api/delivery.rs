@@ -194,3 +194,93 @@ async fn a_slow_relay_gets_as_many_emails_at_once_as_configured(backend: Backend
     let most = app.smtp.most_in_flight();
     assert!((9..=12).contains(&most), "{most} at once");
 }
+
+/// A relay outage is logged as two lines, when delivery starts failing and
+/// when it works again, not one per attempt (the real binary, its JSON log).
+#[tokio::test]
+async fn a_relay_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
+    use crate::helpers::{Served, SmtpSink, TempDir, create_key};
+
+    let dir = TempDir::new();
+    let key = create_key(&dir.path).await;
+    let relay = SmtpSink::reserve_addr(); // nothing listens there yet
+    let url = format!("smtp://{relay}");
+    let mut served = Served::start(
+        &dir.path,
+        &[
+            ("LATCHKEY_SMTP_URL", url.as_str()),
+            ("LATCHKEY_OUTBOX_RETRY_BASE", "50ms"),
+            ("LATCHKEY_OUTBOX_RETRY_MAX", "100ms"),
+            ("LATCHKEY_OUTBOX_POLL_INTERVAL", "50ms"),
+            ("LATCHKEY_LOG", "info"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for who in ["a", "b", "c"] {
+        let started = http
+            .post(format!("http://{}/auth/start", served.http))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"email": format!("{who}@example.com")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status(), 200);
+    }
+    // Many attempts fail (every 50-100 ms) while the relay is down.
+    let db = format!(
+        "sqlite://{}?mode=ro",
+        dir.path.join("latchkey.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let attempts = || async {
+        let n: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(attempts), 0) FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        n
+    };
+    assert!(eventually(Duration::from_secs(10), || async { attempts().await >= 10 }).await);
+    let sink = SmtpSink::start_at(relay);
+    for who in ["a", "b", "c"] {
+        sink.wait_for(&format!("{who}@example.com")).await;
+    }
+    let sent = || async {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        n
+    };
+    assert!(eventually(Duration::from_secs(10), || async { sent().await == 3 }).await);
+    let failed = attempts().await - 3;
+    pool.close().await;
+    served.terminate().await;
+    assert!(served.exited().await.success());
+
+    let log = served.rest_of_log().await;
+    let lines: Vec<serde_json::Value> = log
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let said = |text: &str| {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"].as_str() == Some(text))
+            .collect::<Vec<_>>()
+    };
+    let failing = said(
+        "email delivery is failing: messages stay queued and are retried (logged once until \
+         an email is accepted again)",
+    );
+    assert_eq!(failing.len(), 1, "{log:#?}");
+    assert_eq!(failing[0]["level"], "WARN");
+    let back = said("email delivery works again");
+    assert_eq!(back.len(), 1, "{log:#?}");
+    assert_eq!(back[0]["fields"]["failed_attempts"].as_i64(), Some(failed));
+    let warnings = lines.iter().filter(|l| l["level"] == "WARN").count();
+    assert_eq!(
+        warnings, 1,
+        "{failed} failed attempts, one warning: {log:#?}"
+    );
+}
