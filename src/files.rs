@@ -55,16 +55,24 @@ pub fn create_private_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Writes `contents` to `path`, creating it 0600.
+/// Writes `contents` to `path`, creating it 0600. Atomically: the content
+/// goes to a hidden file beside it first, renamed into place once complete,
+/// so a reader (someone watching the dev mailbox) never sees half a file.
 pub async fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     use tokio::io::AsyncWriteExt;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let partial = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
     let mut options = tokio::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     options.mode(FILE_MODE);
-    let mut file = options.open(path).await?;
+    let mut file = options.open(&partial).await?;
     file.write_all(contents).await?;
-    file.flush().await
+    file.flush().await?;
+    drop(file);
+    tokio::fs::rename(&partial, path).await
 }
 
 /// Creates an empty SQLite database file 0600 when it does not exist yet, so

@@ -52,12 +52,13 @@ async fn without_smtp_the_dev_mailbox_keeps_each_email_as_an_eml_file() {
     let mailbox = app.data_dir.path.join("mailbox");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let file = loop {
-        let found = std::fs::read_dir(&mailbox)
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(Result::ok);
-        if let Some(entry) = found {
-            break entry.path();
+        let found = std::fs::read_dir(&mailbox).ok().and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "eml"))
+        });
+        if let Some(path) = found {
+            break path;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
