@@ -95,9 +95,18 @@ impl AuthError {
                 tracing::error!(error = %format!("{cause:#}"), "internal error");
             }
             Self::Unavailable(cause) => {
-                tracing::warn!(error = %format!("{cause:#}"), "database unavailable");
+                crate::telemetry::DATABASE.failed(&format!("{cause:#}"));
             }
             _ => {}
+        }
+    }
+
+    /// What happened, for the log: the whole cause chain of internal and
+    /// unavailable errors (whose caller-facing text hides it).
+    pub fn cause_chain(&self) -> String {
+        match self {
+            Self::Internal(cause) | Self::Unavailable(cause) => format!("{cause:#}"),
+            other => other.to_string(),
         }
     }
 

@@ -230,7 +230,7 @@ impl Server {
                 batch: i64::from(settings.smtp_max_connections),
             },
             wake: wake.clone(),
-            failing: Default::default(),
+            failing: crate::telemetry::Outage::new("email delivery"),
         };
         let auth = AuthService::new(Parts {
             store: store.clone(),
@@ -621,6 +621,9 @@ async fn watch_readiness(
         let ready = tokio::time::timeout(interval.max(Duration::from_secs(1)), store.is_ready())
             .await
             .unwrap_or(false);
+        if ready {
+            crate::telemetry::DATABASE.worked();
+        }
         if ready != serving && !stop.is_cancelled() {
             serving = ready;
             if ready {

@@ -477,3 +477,59 @@ pub fn grpc_call_name(path: &str) -> (&'static str, &'static str) {
         .find(|(p, _, _)| p == path)
         .map_or(("unknown", "unknown"), |(_, name, method)| (*name, *method))
 }
+
+/// Logs a dependency's failures once per outage: a warning at the first
+/// failure after it worked (with that error), an info line when it works
+/// again (for how long it failed, how many times); the failures in between
+/// are logged at debug level. An outage of the database or of the mail relay
+/// is then two lines, not one per call or per attempt.
+#[derive(Debug)]
+pub struct Outage {
+    what: &'static str,
+    /// Since when it fails, and how many failures.
+    failing: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+/// The database, as every request and background task sees it.
+pub static DATABASE: Outage = Outage::new("the database");
+
+impl Outage {
+    pub const fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            failing: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// One failure.
+    pub fn failed(&self, error: &dyn std::fmt::Display) {
+        let mut failing = self.failing.lock().expect("outage lock");
+        match failing.as_mut() {
+            Some((_, failures)) => {
+                *failures += 1;
+                tracing::debug!(error = %error, "{} is still failing", self.what);
+            }
+            None => {
+                *failing = Some((std::time::Instant::now(), 1));
+                tracing::warn!(
+                    error = %error,
+                    "{} is failing (logged once, until it works again)",
+                    self.what
+                );
+            }
+        }
+    }
+
+    /// A success: ends the outage, if there was one.
+    pub fn worked(&self) {
+        let ended = self.failing.lock().expect("outage lock").take();
+        if let Some((since, failures)) = ended {
+            tracing::info!(
+                failing_for_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                failures,
+                "{} works again",
+                self.what
+            );
+        }
+    }
+}

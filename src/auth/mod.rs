@@ -1198,9 +1198,15 @@ impl AuthService {
                 Ok::<_, AuthError>(now)
             };
             match tokio::time::timeout(interval.max(Duration::from_secs(1)) * 2, step).await {
-                Ok(Ok(now)) => seen = now,
-                Ok(Err(e)) => tracing::warn!(error = %e, "syncing tenants and keys failed"),
-                Err(_) => tracing::warn!("syncing tenants and keys timed out"),
+                Ok(Ok(now)) => {
+                    seen = now;
+                    crate::telemetry::DATABASE.worked();
+                }
+                Ok(Err(e)) => crate::telemetry::DATABASE.failed(&format!(
+                    "syncing tenants and keys failed: {}",
+                    e.cause_chain()
+                )),
+                Err(_) => crate::telemetry::DATABASE.failed(&"syncing tenants and keys timed out"),
             }
             let bound = interval.max(Duration::from_secs(1)) * 2;
             if tokio::time::timeout(bound, self.share_tenant_counts())
@@ -1212,12 +1218,12 @@ impl AuthService {
             if last_flush.elapsed() >= flush_every {
                 last_flush = tokio::time::Instant::now();
                 if let Err(e) = inner.api_keys.flush_last_used().await {
-                    tracing::warn!(error = %e, "recording API key use failed");
+                    tracing::warn!(error = %e.cause_chain(), "recording API key use failed");
                 }
             }
         }
         if let Err(e) = inner.api_keys.flush_last_used().await {
-            tracing::warn!(error = %e, "recording API key use failed");
+            tracing::warn!(error = %e.cause_chain(), "recording API key use failed");
         }
         self.share_tenant_counts().await;
     }

@@ -87,45 +87,8 @@ pub struct OutboxWorker {
     pub settings: WorkerSettings,
     /// Notified after a commit that queued mail.
     pub wake: Arc<Notify>,
-    /// Whether sending currently fails, to log the change once.
-    pub failing: DeliveryHealth,
-}
-
-/// Whether email delivery is failing: a failure after a success, and the
-/// first success after failures, are each logged once (an outage does not
-/// log a line per attempt).
-#[derive(Debug, Default)]
-pub struct DeliveryHealth(std::sync::Mutex<Option<Failing>>);
-
-#[derive(Debug)]
-struct Failing {
-    since: UnixMillis,
-    failed_attempts: u64,
-}
-
-impl DeliveryHealth {
-    /// Records a failed attempt; true for the first since delivery worked.
-    fn failed(&self, now: UnixMillis) -> bool {
-        let mut state = self.0.lock().expect("delivery health lock");
-        match state.as_mut() {
-            Some(failing) => {
-                failing.failed_attempts += 1;
-                false
-            }
-            None => {
-                *state = Some(Failing {
-                    since: now,
-                    failed_attempts: 1,
-                });
-                true
-            }
-        }
-    }
-
-    /// Records an accepted message; the outage it ends, if any.
-    fn worked(&self) -> Option<Failing> {
-        self.0.lock().expect("delivery health lock").take()
-    }
+    /// Whether sending fails, logged once per outage.
+    pub failing: crate::telemetry::Outage,
 }
 
 impl OutboxWorker {
@@ -151,7 +114,8 @@ impl OutboxWorker {
                     Ok(0) => break,
                     Ok(_) => continue,
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "outbox: claiming failed");
+                        crate::telemetry::DATABASE
+                            .failed(&format!("outbox: claiming failed: {e:#}"));
                         break;
                     }
                 }
@@ -269,23 +233,10 @@ impl OutboxWorker {
         };
         let now = self.clock.now_ms();
         match &outcome {
-            Ok(_) => {
-                if let Some(outage) = self.failing.worked() {
-                    tracing::info!(
-                        failing_for_ms = now - outage.since,
-                        failed_attempts = outage.failed_attempts,
-                        "email delivery works again"
-                    );
-                }
-            }
+            Ok(_) => self.failing.worked(),
+            // (Messages stay queued and are retried.)
             Err(SendError::Transient(error) | SendError::Uncertain(error)) => {
-                if self.failing.failed(now) {
-                    tracing::warn!(
-                        error = %error,
-                        "email delivery is failing: messages stay queued and are retried \
-                         (logged once until an email is accepted again)"
-                    );
-                }
+                self.failing.failed(error)
             }
             Err(SendError::Permanent(_)) => {}
         }

@@ -305,3 +305,96 @@ async fn postgres_connections_are_encrypted_when_the_url_asks() {
         "{connections:?}"
     );
 }
+
+/// A database outage is logged as it starts and as it ends, not once per
+/// refused call (the real binary on PostgreSQL behind a forwarder, its JSON
+/// log).
+#[tokio::test]
+async fn a_database_outage_is_logged_once_not_per_call() {
+    use crate::helpers::{Forwarder, Served, SmtpSink, TempDir, TestDb};
+    let db = TestDb::new(Backend::Postgres).await;
+    let upstream: std::net::SocketAddr = {
+        let url = url_authority(&db.url);
+        tokio::net::lookup_host(url).await.unwrap().next().unwrap()
+    };
+    let forwarder = Forwarder::start(upstream).await;
+    let via_forwarder = db
+        .url
+        .replacen(&url_authority(&db.url), &forwarder.addr.to_string(), 1);
+    let dir = TempDir::new();
+    let smtp = SmtpSink::start();
+    let smtp_url = smtp.url();
+    let envs = [
+        ("LATCHKEY_DATABASE_URL", via_forwarder.as_str()),
+        ("LATCHKEY_SMTP_URL", smtp_url.as_str()),
+        ("LATCHKEY_DATABASE_ACQUIRE_TIMEOUT", "300ms"),
+        ("LATCHKEY_READINESS_INTERVAL", "100ms"),
+        ("LATCHKEY_LOG", "info"),
+    ];
+    let created = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["apikey", "create", "--name", "tests"])
+        .envs(envs)
+        .env("LATCHKEY_DATA_DIR", &dir.path)
+        .output()
+        .await
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let mut served = Served::start(&dir.path, &envs).await;
+    let http = reqwest::Client::new();
+    let start = || {
+        http.post(format!("http://{}/auth/start", served.http))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"email": "ops@example.com"}))
+            .send()
+    };
+    let ready = || async {
+        http.get(format!("http://{}/readyz", served.http))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    };
+    assert_eq!(start().await.unwrap().status(), 200);
+
+    forwarder.cut();
+    for _ in 0..10 {
+        assert_eq!(start().await.unwrap().status(), 503);
+    }
+    while ready().await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    forwarder.restore();
+    while !ready().await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(start().await.unwrap().status(), 200);
+    served.terminate().await;
+    assert!(served.exited().await.success());
+
+    let log: Vec<serde_json::Value> = served
+        .rest_of_log()
+        .await
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let said = |text: &str| log.iter().filter(|l| message(l) == text).count();
+    assert_eq!(
+        said("the database is failing (logged once, until it works again)"),
+        1,
+        "{log:#?}"
+    );
+    assert_eq!(said("the database works again"), 1, "{log:#?}");
+    // Ten refused calls, a few warnings: each at most once.
+    let warnings: Vec<String> = log
+        .iter()
+        .filter(|l| l["level"] == "WARN")
+        .map(message)
+        .collect();
+    let mut distinct = warnings.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(warnings.len(), distinct.len(), "{warnings:#?}");
+}
