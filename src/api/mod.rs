@@ -311,8 +311,9 @@ impl Api {
 /// back one already committed: PostgreSQL warns "there is already / no
 /// transaction in progress", and the next statements on that connection can
 /// run in a transaction nobody commits.) Both transports call through
-/// [`Api`], so this is the one place for every write RPC.
-async fn to_completion<T, F>(work: F) -> Result<T, AuthError>
+/// [`Api`], so this is the one place for every AuthService write; the
+/// AdminService (gRPC only) runs its writes through it too.
+pub(crate) async fn to_completion<T, F>(work: F) -> Result<T, AuthError>
 where
     F: Future<Output = Result<T, AuthError>> + Send + 'static,
     T: Send + 'static,

@@ -6,11 +6,14 @@
 
 use std::time::Duration;
 
-use latchkey::proto::{self, auth_service_client::AuthServiceClient};
+use latchkey::proto::{
+    self, admin_service_client::AdminServiceClient, auth_service_client::AuthServiceClient,
+};
 
 use crate::{
     client::{ApiClient, Transport},
     helpers::{Backend, Served, SmtpSink, TempDir, TestDb, TestPool},
+    tenants::with_key,
 };
 
 #[tokio::test]
@@ -21,6 +24,82 @@ async fn cancelled_grpc_calls_leave_connections_clean() {
 #[tokio::test]
 async fn cancelled_http_calls_leave_connections_clean() {
     cancelled_calls_leave_connections_clean(Transport::Http).await;
+}
+
+/// The AdminService's writes (gRPC only) too: API keys created and revoked
+/// by callers that give up at random points.
+#[tokio::test]
+async fn cancelled_admin_calls_leave_connections_clean() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = TempDir::new();
+    let smtp = SmtpSink::start();
+    let admin_key = app_key(
+        &dir,
+        &[
+            ("LATCHKEY_DATABASE_URL", db.url.as_str()),
+            ("LATCHKEY_LOG", "error"),
+        ],
+        "admin",
+    )
+    .await;
+    let mut served = Served::start(
+        &dir.path,
+        &[
+            ("LATCHKEY_DATABASE_URL", db.url.as_str()),
+            ("LATCHKEY_SMTP_URL", smtp.url().as_str()),
+            ("LATCHKEY_DATABASE_MAX_CONNECTIONS", "4"),
+            ("LATCHKEY_LOG", "info"),
+        ],
+    )
+    .await;
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let (grpc, admin_key) = (served.grpc.clone(), admin_key.clone());
+            tokio::spawn(async move {
+                let mut cancelled = 0;
+                for round in 0..ROUNDS {
+                    let admin = AdminServiceClient::connect(format!("http://{grpc}"))
+                        .await
+                        .unwrap();
+                    let create = proto::CreateApiKeyRequest {
+                        tenant_id: "default".to_owned(),
+                        name: format!("k-{w}-{round}"),
+                        ..Default::default()
+                    };
+                    let Some(created) = abandon(&mut cancelled, async {
+                        admin
+                            .clone()
+                            .create_api_key(with_key(create, &admin_key))
+                            .await
+                            .map(tonic::Response::into_inner)
+                            .map_err(|e| format!("{e:?}"))
+                    })
+                    .await
+                    else {
+                        continue;
+                    };
+                    let revoke = proto::RevokeApiKeyRequest {
+                        prefix: created.api_key.unwrap().prefix,
+                    };
+                    abandon(&mut cancelled, async {
+                        admin
+                            .clone()
+                            .revoke_api_key(with_key(revoke, &admin_key))
+                            .await
+                            .map_err(|e| format!("{e:?}"))
+                    })
+                    .await;
+                }
+                cancelled
+            })
+        })
+        .collect();
+    let mut cancelled = 0;
+    for worker in workers {
+        cancelled += worker.await.unwrap();
+    }
+    assert!(cancelled > 0, "no call was cancelled");
+    assert_clean(&db, &mut served, cancelled).await;
 }
 
 /// What PostgreSQL says, or the pool does, when a connection comes back in
@@ -42,7 +121,7 @@ async fn cancelled_calls_leave_connections_clean(transport: Transport) {
         ("LATCHKEY_DATABASE_URL", db.url.as_str()),
         ("LATCHKEY_LOG", "error"),
     ];
-    let key = app_key(&dir, &envs).await;
+    let key = app_key(&dir, &envs, "app").await;
     let mut served = Served::start(
         &dir.path,
         &[
@@ -116,27 +195,10 @@ async fn cancelled_calls_leave_connections_clean(transport: Transport) {
     }
 
     // No connection is left inside a transaction...
+    assert_clean(&db, &mut served, cancelled).await;
+    // ...and nothing is half-written: every login has its email, every
+    // verified login its user and refresh token.
     let pool = TestPool::connect(&db).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let busy = pool
-            .strings(
-                "SELECT pid::text || ' ' || state || ': ' || query FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                 AND state IS NOT NULL AND state <> 'idle'",
-            )
-            .await;
-        if busy.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "connections left busy or inside a transaction: {busy:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // ...nothing is half-written: every login has its email, every verified
-    // login its user and refresh token...
     assert_eq!(
         pool.strings(
             "SELECT id FROM auth_sessions s \
@@ -155,8 +217,32 @@ async fn cancelled_calls_leave_connections_clean(transport: Transport) {
         Vec::<String>::new()
     );
     pool.close().await;
+}
 
-    // ...and PostgreSQL never saw a transaction statement out of place.
+/// No connection of the server is left busy or inside a transaction, and
+/// (once it has exited) its log holds none of the notices of a transaction
+/// statement out of place.
+async fn assert_clean(db: &TestDb, served: &mut Served, cancelled: usize) {
+    let pool = TestPool::connect(db).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let busy = pool
+            .strings(
+                "SELECT pid::text || ' ' || state || ': ' || query FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                 AND state IS NOT NULL AND state <> 'idle'",
+            )
+            .await;
+        if busy.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections left busy or inside a transaction: {busy:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pool.close().await;
     served.terminate().await;
     assert!(served.exited().await.success());
     let log = served.rest_of_log().await;
@@ -203,9 +289,9 @@ async fn abandoned_login(api: &ApiClient, smtp: &SmtpSink, email: &str) -> usize
 /// The call's answer, or `None` when the client gave up on it first: half
 /// the calls are abandoned after 0-24 ms (inside a transaction, as often as
 /// not).
-async fn abandon<T>(
+async fn abandon<T, E: std::fmt::Debug>(
     cancelled: &mut usize,
-    call: impl Future<Output = Result<T, crate::client::ApiError>>,
+    call: impl Future<Output = Result<T, E>>,
 ) -> Option<T> {
     let patience = match rand::random_range(0..50) {
         ms @ 0..25 => Duration::from_millis(ms),
@@ -246,11 +332,11 @@ fn start(email: &str) -> proto::StartAuthRequest {
     }
 }
 
-/// An app key of the default tenant, made with the CLI on the test's
-/// database.
-async fn app_key(dir: &TempDir, envs: &[(&str, &str)]) -> String {
+/// A key of the default tenant with `scope` (`app` or `admin`), made with
+/// the CLI on the test's database.
+async fn app_key(dir: &TempDir, envs: &[(&str, &str)], scope: &str) -> String {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args(["apikey", "create", "--name", "tests"])
+        .args(["apikey", "create", "--name", "tests", "--scope", scope])
         .env("LATCHKEY_DATA_DIR", &dir.path)
         .envs(envs.iter().copied())
         .output()
@@ -260,7 +346,7 @@ async fn app_key(dir: &TempDir, envs: &[(&str, &str)]) -> String {
     String::from_utf8(out.stdout)
         .unwrap()
         .split_whitespace()
-        .find(|w| w.starts_with("lk_app_"))
+        .find(|w| w.starts_with("lk_"))
         .expect("a key in the output")
         .to_owned()
 }
