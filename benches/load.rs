@@ -9,6 +9,14 @@
 //! at the same connection count, and reports the service's throughput as a
 //! share of that database-only ceiling (the PRODUCT.md target is >= 70 %).
 //!
+//! The tables are analyzed before the write scenarios (statistics taken
+//! while the outbox queue is empty, as autovacuum leaves them between bursts),
+//! and the email drain is measured with a backlog: StartAuth at full speed
+//! queues faster than one worker sends, then the queue drains, once with the
+//! statistics of the empty queue and once after analyzing the backlog.
+//! Refresh also runs over the JSON gateway, and both Refresh runs report
+//! PostgreSQL's checkpoints and autovacuums during them.
+//!
 //! Everything shares the machine's cores, as PRODUCT.md prescribes; compare
 //! ratios taken in one run, not absolute numbers across runs.
 
@@ -275,6 +283,107 @@ async fn psql(url: &str, sql: &str) {
     assert!(status.success(), "psql failed: {sql}");
 }
 
+/// The single value `sql` returns.
+fn psql_value(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-qAtc", sql])
+        .output()
+        .expect("psql on the PATH");
+    assert!(out.status.success(), "psql failed: {sql}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn queued_mail(url: &str) -> i64 {
+    psql_value(url, "SELECT count(*) FROM outbox WHERE state = 'queued'")
+        .parse()
+        .unwrap()
+}
+
+/// PostgreSQL's own background work so far: checkpoints, and autovacuum /
+/// autoanalyze runs on the tables the write RPCs update.
+fn pg_background(url: &str) -> [i64; 3] {
+    let row = psql_value(
+        url,
+        // (PostgreSQL 17 moved the checkpoint counts out of pg_stat_bgwriter: -1.)
+        "SELECT (SELECT COALESCE((j->>'checkpoints_timed')::bigint + (j->>'checkpoints_req')::bigint, -1) \
+                 FROM (SELECT to_jsonb(b) AS j FROM pg_stat_bgwriter b) x) || ' ' || \
+         (SELECT COALESCE(SUM(autovacuum_count), 0) FROM pg_stat_user_tables) || ' ' || \
+         (SELECT COALESCE(SUM(autoanalyze_count), 0) FROM pg_stat_user_tables)",
+    );
+    let mut n = row.split_whitespace().map(|v| v.parse().unwrap());
+    [(); 3].map(|_| n.next().unwrap())
+}
+
+/// Queues StartAuth mail at full speed for `duration` (faster than the
+/// worker sends), then waits for the queue to empty. With `analyze_backlog`
+/// the tables are analyzed once the backlog is there, before the drain.
+#[allow(clippy::too_many_arguments)]
+async fn email_drain(
+    label: &'static str,
+    prefix: &'static str,
+    pid: u32,
+    c: usize,
+    duration: Duration,
+    client: &Client,
+    db_url: &str,
+    analyze_backlog: bool,
+) {
+    let sent_before = psql_value(db_url, "SELECT count(*) FROM outbox WHERE state = 'sent'")
+        .parse::<i64>()
+        .unwrap();
+    let queuer = client.clone();
+    let queued = drive(label, pid, c, usize::MAX, duration, None, move |_, i| {
+        let mut g = queuer.clone();
+        async move {
+            g.start_auth(proto::StartAuthRequest {
+                email: format!("{prefix}{i}@bench.example"),
+                method: proto::Method::Code as i32,
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    queued.print();
+    if analyze_backlog {
+        psql(db_url, "VACUUM ANALYZE").await;
+    }
+    let backlog = queued_mail(db_url);
+    let sent_during = psql_value(db_url, "SELECT count(*) FROM outbox WHERE state = 'sent'")
+        .parse::<i64>()
+        .unwrap()
+        - sent_before;
+    let start = Instant::now();
+    loop {
+        if queued_mail(db_url) == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "the backlog never drained ({} left)",
+            queued_mail(db_url)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained = start.elapsed().as_secs_f64();
+    println!(
+        "email drain, {}: {} queued in {:.1} s, {} sent meanwhile ({:.0}/s); backlog of {} drained in {:.1} s: {:.0}/s",
+        if analyze_backlog {
+            "statistics of the backlog"
+        } else {
+            "statistics of an empty queue"
+        },
+        queued.ops,
+        queued.elapsed.as_secs_f64(),
+        sent_during,
+        sent_during as f64 / queued.elapsed.as_secs_f64(),
+        backlog,
+        drained,
+        backlog as f64 / drained.max(1e-9),
+    );
+}
+
 /// Runs pgbench with `script` and returns its transactions per second.
 fn pgbench(url: &str, script: &str, concurrency: usize, duration: Duration) -> Option<f64> {
     let path = std::env::temp_dir().join(format!("latchkey-bench-{}.sql", std::process::id()));
@@ -360,6 +469,7 @@ async fn main() {
 
     // The service, as its own process, and an API key for it.
     let port = free_port();
+    let http_port = free_port();
     let data_dir: PathBuf =
         std::env::temp_dir().join(format!("latchkey-bench-{}", std::process::id()));
     let made = Command::new(env!("CARGO_BIN_EXE_latchkey"))
@@ -383,6 +493,9 @@ async fn main() {
             args.concurrency.to_string(),
         )
         .env("LATCHKEY_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("LATCHKEY_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        // Unused here: any free port, so nothing else on the host is in the way.
+        .env("LATCHKEY_METRICS_ADDR", "127.0.0.1:0")
         .env("LATCHKEY_SMTP_URL", format!("smtp://{smtp_addr}"))
         .env("LATCHKEY_DATA_DIR", &data_dir)
         .env("LATCHKEY_LOG", "warn")
@@ -483,6 +596,10 @@ async fn main() {
     .await;
     let idle_mail = mail_latency(&inbox, &returned, "idle").await;
 
+    // What autovacuum does between bursts: statistics taken now, while the
+    // outbox queue is empty (the outbox plans must not depend on them).
+    psql(&db_url, "VACUUM ANALYZE").await;
+
     // StartAuth: distinct addresses; the worker sends every mail meanwhile.
     let start_client = client.clone();
     let load_returned: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -515,6 +632,32 @@ async fn main() {
     .await;
     let loaded_mail = mail_latency(&inbox, &load_returned, "under load").await;
     start.print();
+
+    // The email drain with a backlog, with the statistics of an empty queue,
+    // then with statistics that saw the backlog.
+    email_drain(
+        "StartAuth (queueing a backlog)",
+        "backlog",
+        pid,
+        c,
+        args.duration,
+        &client,
+        &db_url,
+        false,
+    )
+    .await;
+    psql(&db_url, "VACUUM ANALYZE").await;
+    email_drain(
+        "StartAuth (queueing a backlog, analyzed)",
+        "analyzed",
+        pid,
+        c,
+        args.duration,
+        &client,
+        &db_url,
+        true,
+    )
+    .await;
 
     // Wait for the codes of those sessions (the session ids were not kept:
     // start a fresh set whose ids we keep).
@@ -594,9 +737,42 @@ async fn main() {
     .await;
     verify.print();
 
-    // Refresh: each worker rotates its own token chain back to back.
+    // Refresh: each worker rotates its own token chain back to back. Its
+    // tail latency is reported with PostgreSQL's background work during the
+    // run (see docs/benchmarks.md on the Refresh p99).
+    let before = pg_background(&db_url);
     let refresh = run_refresh("Refresh", pid, c, args.duration, None, &client, &tokens).await;
     refresh.print();
+    let after = pg_background(&db_url);
+    println!(
+        "           during the run: {} checkpoint(s), {} autovacuum(s), {} autoanalyze(s); slowest {:.2} ms",
+        after[0] - before[0],
+        after[1] - before[1],
+        after[2] - before[2],
+        refresh.pct(1.0)
+    );
+    // The same over the JSON gateway (16 keep-alive HTTP/1.1 connections),
+    // where the issue saw the tail.
+    let before = pg_background(&db_url);
+    let refresh_http = run_refresh_http(
+        "Refresh (JSON gateway)",
+        pid,
+        c,
+        args.duration,
+        &format!("http://127.0.0.1:{http_port}/auth/refresh"),
+        &key,
+        &tokens,
+    )
+    .await;
+    refresh_http.print();
+    let after = pg_background(&db_url);
+    println!(
+        "           during the run: {} checkpoint(s), {} autovacuum(s), {} autoanalyze(s); slowest {:.2} ms",
+        after[0] - before[0],
+        after[1] - before[1],
+        after[2] - before[2],
+        refresh_http.pct(1.0)
+    );
     let half = if args.half_rate > 0 {
         args.half_rate as f64
     } else {
@@ -740,6 +916,54 @@ async fn run_refresh(
                     true
                 }
                 Err(_) => false,
+            }
+        }
+    })
+    .await
+}
+
+async fn run_refresh_http(
+    name: &'static str,
+    pid: u32,
+    c: usize,
+    duration: Duration,
+    url: &str,
+    key: &str,
+    tokens: &Arc<Mutex<Vec<Option<String>>>>,
+) -> Measured {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(c)
+        .build()
+        .unwrap();
+    let (url, bearer, tokens) = (url.to_owned(), format!("Bearer {key}"), tokens.clone());
+    drive(name, pid, c, usize::MAX, duration, None, move |w, _| {
+        let (http, url, bearer, tokens) =
+            (http.clone(), url.clone(), bearer.clone(), tokens.clone());
+        async move {
+            let Some(token) = tokens.lock().unwrap()[w].clone() else {
+                return false;
+            };
+            let Ok(response) = http
+                .post(&url)
+                .header("authorization", bearer)
+                .json(&serde_json::json!({ "refreshToken": token }))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            if !response.status().is_success() {
+                return false;
+            }
+            let Ok(body) = response.json::<serde_json::Value>().await else {
+                return false;
+            };
+            match body["refreshToken"].as_str() {
+                Some(next) => {
+                    tokens.lock().unwrap()[w] = Some(next.to_owned());
+                    true
+                }
+                None => false,
             }
         }
     })

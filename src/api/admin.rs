@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     grpc::{Authenticated, MAX_REQUEST_BYTES, reply, status, tenant},
-    timestamp,
+    timestamp, to_completion,
 };
 use crate::{
     auth::{
@@ -48,11 +48,15 @@ impl admin_service_server::AdminService for GrpcAdmin {
         admin_key(&request)?;
         let req = request.into_inner();
         let settings = settings_from_proto(req.settings.unwrap_or_default());
+        let admin = self.admin.clone();
         reply(
-            self.admin
-                .create_tenant(&req.tenant_id, &req.name, settings)
-                .await
-                .map(|t| tenant_message!(proto::CreateTenantResponse, &t)),
+            to_completion(async move {
+                admin
+                    .create_tenant(&req.tenant_id, &req.name, settings)
+                    .await
+            })
+            .await
+            .map(|t| tenant_message!(proto::CreateTenantResponse, &t)),
         )
     }
 
@@ -91,16 +95,20 @@ impl admin_service_server::AdminService for GrpcAdmin {
         admin_key(&request)?;
         let req = request.into_inner();
         let set = settings_from_proto(req.settings.unwrap_or_default());
+        let admin = self.admin.clone();
         reply(
-            self.admin
-                .update_tenant(
-                    &req.tenant_id,
-                    req.name.as_deref(),
-                    &set,
-                    &req.clear_settings,
-                )
-                .await
-                .map(|t| tenant_message!(proto::UpdateTenantResponse, &t)),
+            to_completion(async move {
+                admin
+                    .update_tenant(
+                        &req.tenant_id,
+                        req.name.as_deref(),
+                        &set,
+                        &req.clear_settings,
+                    )
+                    .await
+            })
+            .await
+            .map(|t| tenant_message!(proto::UpdateTenantResponse, &t)),
         )
     }
 
@@ -118,14 +126,18 @@ impl admin_service_server::AdminService for GrpcAdmin {
         let expires_at = req
             .expires_at
             .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000);
+        let admin = self.admin.clone();
         reply(
-            self.admin
-                .create_api_key(&req.tenant_id, &req.name, scope, expires_at)
-                .await
-                .map(|created| proto::CreateApiKeyResponse {
-                    api_key: Some(key_to_proto(&created.info)),
-                    key: created.key,
-                }),
+            to_completion(async move {
+                admin
+                    .create_api_key(&req.tenant_id, &req.name, scope, expires_at)
+                    .await
+            })
+            .await
+            .map(|created| proto::CreateApiKeyResponse {
+                api_key: Some(key_to_proto(&created.info)),
+                key: created.key,
+            }),
         )
     }
 
@@ -152,9 +164,9 @@ impl admin_service_server::AdminService for GrpcAdmin {
     ) -> Result<Response<proto::RevokeApiKeyResponse>, Status> {
         admin_key(&request)?;
         let prefix = request.into_inner().prefix;
+        let admin = self.admin.clone();
         reply(
-            self.admin
-                .revoke_api_key(&prefix)
+            to_completion(async move { admin.revoke_api_key(&prefix).await })
                 .await
                 .map(|()| proto::RevokeApiKeyResponse {}),
         )
@@ -184,9 +196,9 @@ impl admin_service_server::AdminService for GrpcAdmin {
     ) -> Result<Response<proto::DeleteUserResponse>, Status> {
         admin_key(&request)?;
         let req = request.into_inner();
+        let admin = self.admin.clone();
         reply(
-            self.admin
-                .delete_user(&req.tenant_id, &req.user_id)
+            to_completion(async move { admin.delete_user(&req.tenant_id, &req.user_id).await })
                 .await
                 .map(|()| proto::DeleteUserResponse {}),
         )

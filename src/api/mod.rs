@@ -46,7 +46,7 @@ impl Api {
 
     pub async fn start_auth(
         &self,
-        tenant: &Tenant,
+        tenant: &Arc<Tenant>,
         req: proto::StartAuthRequest,
     ) -> Result<proto::StartAuthResponse, AuthError> {
         let method = match proto::Method::try_from(req.method) {
@@ -57,10 +57,10 @@ impl Api {
             Err(_) => return Err(AuthError::invalid("method", "unknown method")),
         };
         let client = req.client.unwrap_or_default();
-        let started = self
-            .auth
-            .start_auth(
-                tenant,
+        let (auth, tenant) = (self.auth.clone(), tenant.clone());
+        let started = to_completion(async move {
+            auth.start_auth(
+                &tenant,
                 auth::StartAuth {
                     email: req.email,
                     method,
@@ -73,7 +73,9 @@ impl Api {
                     idempotency_key: req.idempotency_key,
                 },
             )
-            .await?;
+            .await
+        })
+        .await?;
         Ok(proto::StartAuthResponse {
             session_id: started.session_id,
             expires_at: Some(timestamp(started.expires_at)),
@@ -83,20 +85,22 @@ impl Api {
 
     pub async fn verify(
         &self,
-        tenant: &Tenant,
+        tenant: &Arc<Tenant>,
         req: proto::VerifyRequest,
     ) -> Result<proto::VerifyResponse, AuthError> {
-        let verified = self
-            .auth
-            .verify(
-                tenant,
+        let (auth, tenant) = (self.auth.clone(), tenant.clone());
+        let verified = to_completion(async move {
+            auth.verify(
+                &tenant,
                 auth::VerifyProof {
                     session_id: req.session_id,
                     code: req.code,
                     link_token: req.link_token,
                 },
             )
-            .await?;
+            .await
+        })
+        .await?;
         Ok(proto::VerifyResponse {
             token: verified.tokens.access_token,
             token_type: "Bearer".to_owned(),
@@ -114,10 +118,12 @@ impl Api {
 
     pub async fn refresh(
         &self,
-        tenant: &Tenant,
+        tenant: &Arc<Tenant>,
         req: proto::RefreshRequest,
     ) -> Result<proto::RefreshResponse, AuthError> {
-        let tokens = self.auth.refresh(tenant, &req.refresh_token).await?;
+        let (auth, tenant) = (self.auth.clone(), tenant.clone());
+        let tokens =
+            to_completion(async move { auth.refresh(&tenant, &req.refresh_token).await }).await?;
         Ok(proto::RefreshResponse {
             token: tokens.access_token,
             token_type: "Bearer".to_owned(),
@@ -128,21 +134,26 @@ impl Api {
 
     pub async fn revoke(
         &self,
-        tenant: &Tenant,
+        tenant: &Arc<Tenant>,
         req: proto::RevokeRequest,
     ) -> Result<proto::RevokeResponse, AuthError> {
-        self.auth
-            .revoke(tenant, &req.refresh_token, &req.session_id)
-            .await?;
+        let (auth, tenant) = (self.auth.clone(), tenant.clone());
+        to_completion(async move {
+            auth.revoke(&tenant, &req.refresh_token, &req.session_id)
+                .await
+        })
+        .await?;
         Ok(proto::RevokeResponse {})
     }
 
     pub async fn resend_code(
         &self,
-        tenant: &Tenant,
+        tenant: &Arc<Tenant>,
         req: proto::ResendCodeRequest,
     ) -> Result<proto::ResendCodeResponse, AuthError> {
-        let started = self.auth.resend_code(tenant, &req.session_id).await?;
+        let (auth, tenant) = (self.auth.clone(), tenant.clone());
+        let started =
+            to_completion(async move { auth.resend_code(&tenant, &req.session_id).await }).await?;
         Ok(proto::ResendCodeResponse {
             session_id: started.session_id,
             expires_at: Some(timestamp(started.expires_at)),
@@ -186,22 +197,25 @@ impl Api {
 
     pub async fn revoke_session(
         &self,
-        tenant: &Tenant,
+        tenant: &Arc<Tenant>,
         req: proto::RevokeSessionRequest,
     ) -> Result<proto::RevokeSessionResponse, AuthError> {
-        self.auth.revoke_session(tenant, &req.session_id).await?;
+        let (auth, tenant) = (self.auth.clone(), tenant.clone());
+        to_completion(async move { auth.revoke_session(&tenant, &req.session_id).await }).await?;
         Ok(proto::RevokeSessionResponse {})
     }
 
     pub async fn revoke_all_sessions(
         &self,
-        tenant: &Tenant,
+        tenant: &Arc<Tenant>,
         req: proto::RevokeAllSessionsRequest,
     ) -> Result<proto::RevokeAllSessionsResponse, AuthError> {
-        let revoked = self
-            .auth
-            .revoke_all_sessions(tenant, &req.user_id, &req.except_session_id)
-            .await?;
+        let (auth, tenant) = (self.auth.clone(), tenant.clone());
+        let revoked = to_completion(async move {
+            auth.revoke_all_sessions(&tenant, &req.user_id, &req.except_session_id)
+                .await
+        })
+        .await?;
         Ok(proto::RevokeAllSessionsResponse {
             revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
         })
@@ -284,6 +298,34 @@ impl Api {
     /// change.
     pub async fn jwks_document(&self, tenant_id: &str) -> Result<Arc<Jwks>, AuthError> {
         self.auth.jwks(tenant_id).await
+    }
+}
+
+/// Runs a write call's domain work in a task of its own, which the request
+/// only awaits. When the caller goes away mid-call (a gRPC stream reset, an
+/// HTTP connection closed) the transport drops the request future, but not
+/// the task: the transaction commits or rolls back as it would have, and its
+/// connection goes back to the pool clean. (A database future dropped
+/// between sending BEGIN or COMMIT and reading the answer leaves the
+/// connection in a transaction the driver does not know about, or rolls
+/// back one already committed: PostgreSQL warns "there is already / no
+/// transaction in progress", and the next statements on that connection can
+/// run in a transaction nobody commits.) Both transports call through
+/// [`Api`], so this is the one place for every AuthService write; the
+/// AdminService (gRPC only) runs its writes through it too.
+pub(crate) async fn to_completion<T, F>(work: F) -> Result<T, AuthError>
+where
+    F: Future<Output = Result<T, AuthError>> + Send + 'static,
+    T: Send + 'static,
+{
+    use tracing::Instrument;
+    match tokio::spawn(work.in_current_span()).await {
+        Ok(result) => result,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only when the runtime itself is shutting down.
+            Err(e) => Err(AuthError::Internal(e.into())),
+        },
     }
 }
 

@@ -25,6 +25,7 @@ pub use keys::{NewSigningKey, SigningKeyRow};
 pub use limits::{ExistingKey, Hit, NewIdempotencyKey};
 pub use outbox::{
     ClaimedMail, NewMail, OUTBOX_CHANNEL, OutboxCounts, OutboxListener, OutboxRow, Outcome,
+    PLAN_CHECKED_STATEMENTS,
 };
 pub use sessions::{
     ActiveSession, CodeAttempt, LinkedSession, NewSession, PendingSession, RotatedRefreshToken,

@@ -100,9 +100,19 @@ const ENQUEUE: &str = "INSERT INTO outbox \
 
 // Claiming pushes next_attempt_at forward by the lease: the message is not due
 // again unless this worker dies before recording the outcome.
+//
+// Every plan below is meant to be the same whatever the statistics say (see
+// the plan checks in the store conformance tests, run on an analyzed table
+// with a backlog): the due messages come from the `outbox_due` partial index
+// in due order, and every write to a message goes through the primary key.
+// On PostgreSQL the claimed ids are collected into an array first
+// (`= ANY(ARRAY(…))`), so the update is always a primary-key lookup of at
+// most `limit` ids: written as `IN (subquery)`, the generic plan of a
+// prepared statement (which guesses the LIMIT) was a hash join over a
+// sequential scan of the whole table.
 const CLAIM_POSTGRES: &str = "UPDATE outbox SET next_attempt_at = $2, attempts = attempts + 1 \
-    WHERE id IN (SELECT id FROM outbox WHERE state = 'queued' AND next_attempt_at <= $1 \
-                 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+    WHERE id = ANY(ARRAY(SELECT id FROM outbox WHERE state = 'queued' AND next_attempt_at <= $1 \
+                         ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)) \
     RETURNING id, tenant_id, session_id, kind, recipient, payload_sealed, attempts, created_at";
 // SQLite has one writer at a time (the claim runs under BEGIN IMMEDIATE), so
 // there is nothing to skip.
@@ -111,30 +121,39 @@ const CLAIM_SQLITE: &str = "UPDATE outbox SET next_attempt_at = $2, attempts = a
                  ORDER BY next_attempt_at LIMIT $3) \
     RETURNING id, tenant_id, session_id, kind, recipient, payload_sealed, attempts, created_at";
 
+// The writes to one message test its state as `(state = …) IS TRUE`, never
+// as a plain `state = 'queued'`: that condition matches the predicate of the
+// partial index `outbox_due`, and after an ANALYZE that saw an (almost)
+// empty queue the planner then preferred a full scan of that index, filtered
+// on `id`, to the primary-key lookup: with a backlog every outcome write
+// read the whole backlog. The planner cannot prove the `IS TRUE` form
+// implies the index predicate, so the primary key is the only index left.
+// (state is NOT NULL: both forms select the same rows.)
+
 // The plaintext payload is dropped as soon as it is no longer needed. A send
 // that succeeded is recorded even if another worker has claimed the message
 // since (its own send is the duplicate at-least-once allows).
 const MARK_SENT: &str = "UPDATE outbox SET state = 'sent', sent_at = $2, payload_sealed = NULL, last_error = NULL \
-    WHERE id = $1 AND state = 'queued'";
+    WHERE id = $1 AND (state = 'queued') IS TRUE";
 
 // Failures are recorded only by the latest claim (`attempts` is the fencing
 // token): a worker whose lease ran out must not reschedule or kill a message
 // another worker now holds.
 const RESCHEDULE: &str = "UPDATE outbox SET next_attempt_at = $2, last_error = $3 \
-    WHERE id = $1 AND state = 'queued' AND attempts = $4";
+    WHERE id = $1 AND (state = 'queued') IS TRUE AND attempts = $4";
 
 // Gives a claim back untried (shutdown came between claim and send): due now
 // for any replica, the attempt not counted. Only by the latest claim.
 const RELEASE: &str = "UPDATE outbox SET next_attempt_at = $2, attempts = attempts - 1 \
-    WHERE id = $1 AND state = 'queued' AND attempts = $3";
+    WHERE id = $1 AND (state = 'queued') IS TRUE AND attempts = $3";
 
 // A dead message keeps its sealed payload, so `latchkey outbox requeue` can
 // send it again (the proof's own expiry still applies).
 const MARK_DEAD: &str = "UPDATE outbox SET state = 'dead', last_error = $2 \
-    WHERE id = $1 AND state = 'queued' AND attempts = $3";
+    WHERE id = $1 AND (state = 'queued') IS TRUE AND attempts = $3";
 
 const REQUEUE_DEAD: &str = "UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at = $2 \
-    WHERE id = $1 AND state = 'dead'";
+    WHERE id = $1 AND (state = 'dead') IS TRUE";
 const REQUEUE_ALL_DEAD: &str = "UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at = $1 \
     WHERE state = 'dead'";
 
@@ -151,6 +170,45 @@ const COUNTS: &str = "SELECT state, COUNT(*) FROM outbox GROUP BY state";
 
 // (The partial index on queued rows serves it.)
 const BACKLOG: &str = "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE state = 'queued'";
+
+/// The PostgreSQL statements the outbox worker runs for every batch, for the
+/// plan checks of the store conformance tests: (name, SQL, parameter types,
+/// sample arguments). The samples name message `q25000` and times in the
+/// millions: the tests fill the table with a backlog to match.
+#[doc(hidden)]
+pub const PLAN_CHECKED_STATEMENTS: &[(&str, &str, &str, &str)] = &[
+    (
+        "claim",
+        CLAIM_POSTGRES,
+        "bigint, bigint, bigint",
+        "1000000, 2000000, 32",
+    ),
+    ("mark_sent", MARK_SENT, "text, bigint", "'q25000', 1000000"),
+    (
+        "reschedule",
+        RESCHEDULE,
+        "text, bigint, text, integer",
+        "'q25000', 1000000, 'timeout', 1",
+    ),
+    (
+        "release",
+        RELEASE,
+        "text, bigint, integer",
+        "'q25000', 1000000, 1",
+    ),
+    (
+        "mark_dead",
+        MARK_DEAD,
+        "text, text, integer",
+        "'q25000', 'rejected', 1",
+    ),
+    (
+        "requeue_dead",
+        REQUEUE_DEAD,
+        "text, bigint",
+        "'q25000', 1000000",
+    ),
+];
 
 impl Tx {
     /// Queues a message. On PostgreSQL the same transaction notifies every

@@ -7,6 +7,7 @@ mod helpers;
 
 mod abuse;
 mod bad_input;
+mod cancel;
 mod cli;
 mod codes;
 mod delivery;

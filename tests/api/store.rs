@@ -588,3 +588,120 @@ async fn old_counters_and_expired_keys_are_purged(backend: Backend) {
             .is_some()
     );
 }
+
+/// The outbox worker's statements keep their plans whatever ANALYZE saw: an
+/// outcome write is a primary-key lookup, a claim reads `outbox_due` in due
+/// order and updates by primary key, and nothing scans the table. Checked
+/// with the statistics of an empty queue and a backlog that came later
+/// (what autovacuum leaves before a burst), then with statistics that saw
+/// the backlog, for custom and generic plans of the prepared statements.
+#[tokio::test]
+async fn outbox_statement_plans_survive_analyze_with_a_backlog() {
+    use sqlx::{Connection, Row};
+
+    let (store, db) = store(Backend::Postgres).await;
+    store.close().await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let exec = |sql: &'static str| sqlx::raw_sql(sql);
+    // Delivered history, analyzed while the queue was empty...
+    exec(
+        "INSERT INTO outbox (id, tenant_id, kind, recipient, state, attempts, next_attempt_at, created_at, sent_at) \
+         SELECT 's' || g, 'default', 'sign_in', 'a@example.com', 'sent', 1, g, g, g \
+         FROM generate_series(1, 50000) g",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    exec("VACUUM ANALYZE outbox")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // ...then a backlog of 50,000 queued messages.
+    exec(
+        "INSERT INTO outbox (id, tenant_id, kind, recipient, state, attempts, next_attempt_at, created_at) \
+         SELECT 'q' || g, 'default', 'sign_in', 'a@example.com', 'queued', 1, g, g \
+         FROM generate_series(1, 50000) g",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let statements = latchkey::store::PLAN_CHECKED_STATEMENTS;
+    for (name, sql, types, _) in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PREPARE {name}({types}) AS {sql}"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+
+    let mut wrong = Vec::new();
+    for stats in ["an empty queue", "the backlog"] {
+        if stats == "the backlog" {
+            exec("VACUUM ANALYZE outbox")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            for (name, _, _, args) in statements {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "EXPLAIN (FORMAT JSON) EXECUTE {name}({args})"
+                )))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                let plan: serde_json::Value =
+                    serde_json::from_str(&row.try_get_unchecked::<String, _>(0).unwrap()).unwrap();
+                let mut scans = Vec::new();
+                collect_scans(&plan[0]["Plan"], &mut scans);
+                // The update (or the claim's outer update) goes by primary key.
+                let by_key = scans.iter().any(|s| s == "Index Scan outbox_pkey cond=(id");
+                let expected = match *name {
+                    "claim" => {
+                        by_key
+                            && scans.len() == 2
+                            && scans
+                                .iter()
+                                .any(|s| s == "Index Scan outbox_due cond=(next_attempt_at")
+                    }
+                    _ => by_key && scans.len() == 1,
+                };
+                if !expected {
+                    wrong.push(format!(
+                        "{name} with the statistics of {stats} ({mode}): {scans:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "plans that depend on the statistics:\n{}",
+        wrong.join("\n")
+    );
+    conn.close().await.unwrap();
+}
+
+/// Every scan of a plan as "<node type> <index> cond=<the index condition's
+/// first word>" (just the node type for scans without an index).
+fn collect_scans(node: &serde_json::Value, out: &mut Vec<String>) {
+    let kind = node["Node Type"].as_str().unwrap_or_default();
+    if kind.ends_with("Scan") && kind != "Subquery Scan" {
+        match node["Index Name"].as_str() {
+            Some(index) => {
+                let cond = node["Index Cond"].as_str().unwrap_or_default();
+                let column = cond.split_whitespace().next().unwrap_or_default();
+                out.push(format!("{kind} {index} cond={column}"));
+            }
+            None => out.push(kind.to_owned()),
+        }
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        collect_scans(child, out);
+    }
+}
