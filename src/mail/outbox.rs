@@ -158,39 +158,57 @@ impl OutboxWorker {
             }
             return Ok(0);
         }
-        // Each outcome is recorded as soon as its send ends (together with
-        // any others that ended meanwhile), not after the slowest of the
-        // batch: an accepted email's code must work at once, whatever else
-        // is still being sent.
+        // An accepted email whose code would otherwise stop working before
+        // the batch ends is recorded as soon as its send ends (with any
+        // others urgent by then): its code must work at once, whatever else
+        // is still being sent. The rest are recorded together at the end,
+        // one commit per batch.
         use futures_util::StreamExt;
         let mut ended = batch
             .into_iter()
             .map(|mail| async move {
                 let counted = mail.kind != KIND_SUPPRESSED;
-                (self.deliver(mail).await, counted)
+                let (outcome, urgent) = self.deliver(mail).await;
+                (outcome, counted, urgent)
             })
             .collect::<futures_util::stream::FuturesUnordered<_>>()
             .ready_chunks(claimed.max(1));
+        let mut later = Vec::new();
         while let Some(chunk) = ended.next().await {
-            let (outcomes, counted): (Vec<Outcome>, Vec<bool>) = chunk.into_iter().unzip();
-            if let Err(e) = self.store.record_outcomes(&outcomes).await {
-                // The leases run out and the messages are tried again.
-                tracing::warn!(error = %e, "outbox: recording the outcomes failed");
-            } else {
-                // Suppressed emails are never counted as emails.
-                let counted: Vec<Outcome> = outcomes
-                    .into_iter()
-                    .zip(counted)
-                    .filter_map(|(o, counted)| counted.then_some(o))
-                    .collect();
-                count_outcomes(&counted);
+            let (urgent, rest): (Vec<_>, Vec<_>) = chunk.into_iter().partition(|d| d.2);
+            later.extend(rest);
+            if !urgent.is_empty() {
+                self.record(urgent).await;
             }
+        }
+        if !later.is_empty() {
+            self.record(later).await;
         }
         Ok(claimed)
     }
 
+    /// Records outcomes `(outcome, counted, _)` in one transaction.
+    async fn record(&self, delivered: Vec<(Outcome, bool, bool)>) {
+        let (outcomes, counted): (Vec<Outcome>, Vec<bool>) =
+            delivered.into_iter().map(|(o, c, _)| (o, c)).unzip();
+        if let Err(e) = self.store.record_outcomes(&outcomes).await {
+            // The leases run out and the messages are tried again.
+            tracing::warn!(error = %e, "outbox: recording the outcomes failed");
+        } else {
+            // Suppressed emails are never counted as emails.
+            let counted: Vec<Outcome> = outcomes
+                .into_iter()
+                .zip(counted)
+                .filter_map(|(o, counted)| counted.then_some(o))
+                .collect();
+            count_outcomes(&counted);
+        }
+    }
+
     #[tracing::instrument(name = "deliver", skip_all, fields(mail_id = %mail.id, attempt = mail.attempts))]
-    async fn deliver(&self, mail: ClaimedMail) -> Outcome {
+    /// Sends one message; returns its outcome and whether recording it is
+    /// urgent (its code would otherwise expire before the batch ends).
+    async fn deliver(&self, mail: ClaimedMail) -> (Outcome, bool) {
         let now = self.clock.now_ms();
         let outcome = match self.build(&mail, now) {
             Ok(Built::Send {
@@ -240,7 +258,7 @@ impl OutboxWorker {
             }
             Err(SendError::Permanent(_)) => {}
         }
-        match outcome {
+        let failed = match outcome {
             Ok(extend_to) => {
                 tracing::info!(
                     latency_ms = now - mail.created_at,
@@ -252,14 +270,21 @@ impl OutboxWorker {
                 let extend = extend_to
                     .filter(|_| now - mail.created_at > EXTEND_AFTER_MS)
                     .map(|(ttl, cap)| (now + ttl).min(cap));
-                Outcome::Sent {
+                // Until recorded, the code works until `created_at + ttl`;
+                // the rest of the batch may take up to the send bound.
+                let urgent = mail.session_id.is_some()
+                    && extend_to.is_some_and(|(ttl, _)| {
+                        mail.created_at + ttl < now + millis(self.settings.send_timeout)
+                    });
+                let sent = Outcome::Sent {
                     extend: mail
                         .session_id
                         .zip(extend)
                         .map(|(sid, until)| (mail.tenant_id, sid, until)),
                     id: mail.id,
                     at: now,
-                }
+                };
+                return (sent, urgent && extend.is_some());
             }
             Err(SendError::Permanent(error)) => {
                 tracing::error!(error = %error, "email given up: marked dead");
@@ -306,7 +331,8 @@ impl OutboxWorker {
                     error,
                 }
             }
-        }
+        };
+        (failed, false)
     }
 
     /// Builds the message (and says how the proof's expiry moves once it is
