@@ -7,7 +7,7 @@
 //! service and PostgreSQL spent per request (from /proc). With `pgbench` on
 //! the PATH it also runs the same SQL statements each write RPC commits,
 //! at the same connection count, and reports the service's throughput as a
-//! share of that database-only ceiling (the PRODUCT.md target is >= 70 %).
+//! share of that database-only ceiling (the target is >= 70 %).
 //!
 //! The tables are analyzed before the write scenarios (statistics taken
 //! while the outbox queue is empty, as autovacuum leaves them between bursts),
@@ -17,7 +17,7 @@
 //! Refresh also runs over the JSON gateway, and both Refresh runs report
 //! PostgreSQL's checkpoints and autovacuums during them.
 //!
-//! Everything shares the machine's cores, as PRODUCT.md prescribes; compare
+//! Everything shares the machine's cores, as the performance targets prescribe; compare
 //! ratios taken in one run, not absolute numbers across runs.
 
 use std::{
