@@ -28,15 +28,7 @@ const SERVER_ENV: [(&str, &str); 6] = [
 
 /// Runs `latchkey <args>` against the app's database with `envs` set.
 async fn run(app: &TestApp, envs: &[(&str, &str)], args: &[&str]) -> String {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .env("LATCHKEY_DATA_DIR", &app.data_dir.path)
-        .env("LATCHKEY_DATABASE_URL", &app.db.url)
-        .env("LATCHKEY_LOG", "error")
-        .output()
-        .await
-        .unwrap();
+    let out = crate::helpers::cli_with_env(app, envs, args).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

@@ -975,8 +975,18 @@ impl Forwarder {
 /// Runs the `latchkey` binary against the app's database and data dir.
 /// (Async: a blocking wait would stall the in-process server mid-transaction.)
 pub async fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    cli_with_env(app, &[], args).await
+}
+
+/// [`cli`] with more `LATCHKEY_*` settings in the command's environment.
+pub async fn cli_with_env(
+    app: &TestApp,
+    envs: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .args(args)
+        .envs(envs.iter().copied())
         .env("LATCHKEY_DATA_DIR", &app.data_dir.path)
         .env("LATCHKEY_DATABASE_URL", &app.db.url)
         .env("LATCHKEY_LOG", "error")
