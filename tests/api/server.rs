@@ -188,16 +188,9 @@ async fn invalid_configuration_exits_non_zero_naming_the_setting() {
 /// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_is_unavailable_and_not_ready_and_recovers() {
-    use crate::helpers::{Forwarder, TestDb};
+    use crate::helpers::TestDb;
     let db = TestDb::new(Backend::Postgres).await;
-    let upstream: std::net::SocketAddr = {
-        let url = url_authority(&db.url);
-        tokio::net::lookup_host(url).await.unwrap().next().unwrap()
-    };
-    let forwarder = Forwarder::start(upstream).await;
-    let via_forwarder = db
-        .url
-        .replacen(&url_authority(&db.url), &forwarder.addr.to_string(), 1);
+    let (forwarder, via_forwarder) = forwarded(&db).await;
     let app = spawn_app_with(Backend::Postgres, |s| {
         s.database_url = Some(latchkey::config::Secret::new(via_forwarder));
         s.database_acquire_timeout = Duration::from_millis(500);
@@ -269,6 +262,20 @@ async fn wait_ready(app: &TestApp, ready: bool) {
 }
 
 /// `host:port` of a postgres URL.
+/// A forwarder the test controls in front of `db`'s PostgreSQL, and the
+/// database URL through it.
+async fn forwarded(db: &crate::helpers::TestDb) -> (crate::helpers::Forwarder, String) {
+    let authority = url_authority(&db.url);
+    let upstream = tokio::net::lookup_host(&authority)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let forwarder = crate::helpers::Forwarder::start(upstream).await;
+    let via = db.url.replacen(&authority, &forwarder.addr.to_string(), 1);
+    (forwarder, via)
+}
+
 fn url_authority(url: &str) -> String {
     let rest = url.split_once("://").unwrap().1;
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
@@ -311,16 +318,9 @@ async fn postgres_connections_are_encrypted_when_the_url_asks() {
 /// log).
 #[tokio::test]
 async fn a_database_outage_is_logged_once_not_per_call() {
-    use crate::helpers::{Forwarder, Served, SmtpSink, TempDir, TestDb};
+    use crate::helpers::{Served, SmtpSink, TempDir, TestDb};
     let db = TestDb::new(Backend::Postgres).await;
-    let upstream: std::net::SocketAddr = {
-        let url = url_authority(&db.url);
-        tokio::net::lookup_host(url).await.unwrap().next().unwrap()
-    };
-    let forwarder = Forwarder::start(upstream).await;
-    let via_forwarder = db
-        .url
-        .replacen(&url_authority(&db.url), &forwarder.addr.to_string(), 1);
+    let (forwarder, via_forwarder) = forwarded(&db).await;
     let dir = TempDir::new();
     let smtp = SmtpSink::start();
     let smtp_url = smtp.url();
