@@ -35,6 +35,9 @@ pub const OUTBOX_OLDEST_AGE: &str = "latchkey_outbox_oldest_age_seconds";
 pub const DB_CONNECTIONS: &str = "latchkey_db_connections";
 /// This process's database pool size limit.
 pub const DB_CONNECTIONS_MAX: &str = "latchkey_db_connections_max";
+/// Database calls abandoned at their deadline (no answer: the connection
+/// went silent), by `operation` (the store method).
+pub const DB_TIMEOUTS: &str = "latchkey_db_timeouts_total";
 
 /// Latency buckets (seconds): sub-millisecond reads to slow writes.
 const BUCKETS: &[f64] = &[
@@ -93,6 +96,10 @@ fn describe() {
     describe_gauge!(
         DB_CONNECTIONS_MAX,
         "This process's database pool size limit."
+    );
+    describe_counter!(
+        DB_TIMEOUTS,
+        "Database calls abandoned without an answer, by operation."
     );
 }
 

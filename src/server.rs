@@ -65,6 +65,8 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let options = StoreOptions {
         max_connections: settings.database_max_connections,
         acquire_timeout: settings.database_acquire_timeout,
+        statement_timeout: settings.database_statement_timeout,
+        idle_in_transaction_timeout: settings.database_idle_in_transaction_timeout,
     };
     let store = Store::connect(&url, &options)
         .await

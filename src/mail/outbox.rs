@@ -193,7 +193,8 @@ impl OutboxWorker {
             delivered.into_iter().map(|(o, c, _)| (o, c)).unzip();
         if let Err(e) = self.store.record_outcomes(&outcomes).await {
             // The leases run out and the messages are tried again.
-            tracing::warn!(error = %e, "outbox: recording the outcomes failed");
+            crate::telemetry::DATABASE
+                .failed(&format!("outbox: recording the outcomes failed: {e:#}"));
         } else {
             // Suppressed emails are never counted as emails.
             let counted: Vec<Outcome> = outcomes

@@ -281,3 +281,90 @@ async fn a_relay_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
         "{failed} failed attempts, one warning: {log:#?}"
     );
 }
+
+/// The bytes of an outbox claim's reply row that hold an email's kind and
+/// then its recipient (PostgreSQL sends each column as its length, four
+/// bytes big-endian, then its value).
+fn claim_reply_bytes(kind: &str, recipient: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for column in [kind, recipient] {
+        bytes.extend(u32::try_from(column.len()).unwrap().to_be_bytes());
+        bytes.extend(column.as_bytes());
+    }
+    bytes
+}
+
+/// One of a replica's database connections goes silent in the middle of
+/// claiming an email (the claim reached PostgreSQL, which locked the row;
+/// its reply and everything after it are lost, and no close arrives either
+/// way, as when a route or a conntrack entry is dropped). The email still
+/// goes out, once, well within a lease, and the replica whose connection
+/// froze goes on sending email by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_connection_frozen_mid_claim_holds_up_no_email() {
+    use std::sync::Arc;
+
+    use latchkey::{clock::Clock, config::Secret};
+
+    use crate::helpers::{SmtpSink, TempDir, TestDb, Transport, start, test_settings};
+
+    let db = Arc::new(TestDb::new(Backend::Postgres).await);
+    let (forwarder, via_forwarder) = crate::server::forwarded(&db).await;
+    let smtp = SmtpSink::start();
+    let dir = Arc::new(TempDir::new());
+    let mut settings = test_settings(&db, &dir.path, &smtp.url());
+    settings.database_statement_timeout = Duration::from_secs(1);
+    settings.database_idle_in_transaction_timeout = Duration::from_secs(2);
+    let victim = "frozen@example.com";
+    forwarder.freeze_when_server_sends(&claim_reply_bytes("sign_in", victim));
+    let a = start(
+        {
+            let mut s = settings.clone();
+            // In clear, so the forwarder can see the reply.
+            s.database_url = Some(Secret::new(format!("{via_forwarder}?sslmode=disable")));
+            s
+        },
+        db.clone(),
+        smtp.clone(),
+        dir.clone(),
+        Clock::system(),
+        Transport::Grpc,
+    )
+    .await;
+    a.start_auth(victim).await.unwrap();
+    forwarder.wait_frozen(Duration::from_secs(10)).await;
+    let frozen_at = tokio::time::Instant::now();
+
+    // Replica B reaches the database on a path of its own.
+    let b = start(
+        settings.clone(),
+        db.clone(),
+        smtp.clone(),
+        dir.clone(),
+        a.clock.clone(),
+        Transport::Grpc,
+    )
+    .await;
+    smtp.wait_for(victim).await;
+    let late = frozen_at.elapsed();
+    assert!(
+        late < Duration::from_secs(10),
+        "sent {late:?} after the freeze"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sent_count(&b).await == 1
+        })
+        .await,
+        "never recorded as sent"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.mails_to(victim).len(), 1, "one copy");
+
+    // With B gone, A sends the next email itself.
+    b.shutdown.cancel();
+    let mut b = b;
+    b.stopped().await.unwrap();
+    a.start_auth("after@example.com").await.unwrap();
+    smtp.wait_for("after@example.com").await;
+}

@@ -261,10 +261,9 @@ async fn wait_ready(app: &TestApp, ready: bool) {
     }
 }
 
-/// `host:port` of a postgres URL.
 /// A forwarder the test controls in front of `db`'s PostgreSQL, and the
 /// database URL through it.
-async fn forwarded(db: &crate::helpers::TestDb) -> (crate::helpers::Forwarder, String) {
+pub async fn forwarded(db: &crate::helpers::TestDb) -> (crate::helpers::Forwarder, String) {
     let authority = url_authority(&db.url);
     let upstream = tokio::net::lookup_host(&authority)
         .await
@@ -276,6 +275,7 @@ async fn forwarded(db: &crate::helpers::TestDb) -> (crate::helpers::Forwarder, S
     (forwarder, via)
 }
 
+/// `host:port` of a postgres URL.
 fn url_authority(url: &str) -> String {
     let rest = url.split_once("://").unwrap().1;
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
