@@ -466,6 +466,13 @@ pub struct Settings {
     #[arg(long, env = "LATCHKEY_OUTBOX_RETRY_MAX", default_value = "5m", value_parser = duration, global = true)]
     pub outbox_retry_max: Duration,
 
+    /// How long a worker's claim on an email holds before another replica
+    /// may take it. Renewed every third of it while the email is being
+    /// sent, so a send may take longer; a replica that dies leaves its
+    /// emails to the others after at most this long.
+    #[arg(long, env = "LATCHKEY_OUTBOX_LEASE", default_value = "15s", value_parser = duration, global = true)]
+    pub outbox_lease: Duration,
+
     /// Delivery attempts before a message is given up (marked dead).
     #[arg(long, env = "LATCHKEY_OUTBOX_MAX_ATTEMPTS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
@@ -762,6 +769,12 @@ impl Settings {
             return fail(
                 "LATCHKEY_DEFAULT_LOCALE (--default-locale)",
                 "must be a language tag like `en` or `pt-BR`".into(),
+            );
+        }
+        if self.outbox_lease < Duration::from_secs(1) {
+            return fail(
+                "LATCHKEY_OUTBOX_LEASE (--outbox-lease)",
+                "must be at least 1s".into(),
             );
         }
         if self.outbox_retry_base > self.outbox_retry_max {

@@ -223,10 +223,9 @@ impl Server {
                 // connection pool. Every step of a send has its deadline
                 // (connecting, the session set-up and MAIL, RCPT, DATA: the
                 // SMTP timeout each; the end of the message: the send
-                // timeout), so a send ends within their sum, and the lease
-                // outlasts that.
-                lease: (smtp_send_bound(&settings) + Duration::from_secs(10))
-                    .max(Duration::from_secs(60)),
+                // timeout), so a send ends within their sum; the lease is
+                // renewed while it runs, so it can be much shorter.
+                lease: settings.outbox_lease,
                 send_timeout: smtp_send_bound(&settings),
                 max_attempts: settings.outbox_max_attempts,
                 batch: i64::from(settings.smtp_max_connections),

@@ -4,8 +4,10 @@
 //! marks it dead with the error. Nothing is dropped.
 //!
 //! A claimed batch is sent concurrently (the SMTP transport pools
-//! connections) and each send is bounded by `send_timeout`, shorter than the
-//! lease, so a claim never outlives its lease in normal operation.
+//! connections) and each send is bounded by `send_timeout`; while a send
+//! runs its claim is renewed every third of the lease, so a claim never
+//! runs out under a live worker, and a dead worker's claims run out one
+//! (short) lease after its last renewal.
 //!
 //! Delivery is at least once: if the process dies after the mail server
 //! accepted a message but before the outcome is committed, the lease runs out
@@ -38,9 +40,10 @@ pub struct WorkerSettings {
     /// First retry delay; doubles per attempt up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
-    /// How long a claim holds a message before another worker may take it.
+    /// How long a claim holds a message before another worker may take it
+    /// (renewed while the message is being sent).
     pub lease: Duration,
-    /// Longest a single send may take, connection included (below `lease`).
+    /// Longest a single send may take, connection included.
     pub send_timeout: Duration,
     /// Attempts before a message is given up.
     pub max_attempts: u32,
@@ -164,6 +167,12 @@ impl OutboxWorker {
         // is still being sent. The rest are recorded together at the end,
         // one commit per batch.
         use futures_util::StreamExt;
+        let in_flight = std::sync::Mutex::new(
+            batch
+                .iter()
+                .map(|m| (m.id.clone(), m.attempts))
+                .collect::<Vec<_>>(),
+        );
         let mut ended = batch
             .into_iter()
             .map(|mail| async move {
@@ -173,18 +182,58 @@ impl OutboxWorker {
             })
             .collect::<futures_util::stream::FuturesUnordered<_>>()
             .ready_chunks(claimed.max(1));
-        let mut later = Vec::new();
-        while let Some(chunk) = ended.next().await {
-            let (urgent, rest): (Vec<_>, Vec<_>) = chunk.into_iter().partition(|d| d.2);
-            later.extend(rest);
-            if !urgent.is_empty() {
-                self.record(urgent).await;
+        let sent = CancellationToken::new();
+        let work = async {
+            let mut later = Vec::new();
+            while let Some(chunk) = ended.next().await {
+                in_flight
+                    .lock()
+                    .expect("in-flight lock")
+                    .retain(|(id, _)| !chunk.iter().any(|(o, _, _)| o.id() == id));
+                let (urgent, rest): (Vec<_>, Vec<_>) = chunk.into_iter().partition(|d| d.2);
+                later.extend(rest);
+                if !urgent.is_empty() {
+                    self.record(urgent).await;
+                }
+            }
+            sent.cancel();
+            if !later.is_empty() {
+                self.record(later).await;
+            }
+        };
+        tokio::join!(work, self.renew_leases(&in_flight, &sent));
+        Ok(claimed)
+    }
+
+    /// Renews the claims of the messages still being sent, every third of
+    /// the lease, until `sent`: a slow send keeps its claim however long it
+    /// takes (within its own bound), so the lease can be short and a dead
+    /// replica's messages wait only that long. (Runs beside the sends, so a
+    /// slow renewal never pauses them.)
+    async fn renew_leases(
+        &self,
+        in_flight: &std::sync::Mutex<Vec<(String, i32)>>,
+        sent: &CancellationToken,
+    ) {
+        let every = self.settings.lease / 3;
+        loop {
+            tokio::select! {
+                _ = sent.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let claims = in_flight.lock().expect("in-flight lock").clone();
+            if claims.is_empty() {
+                continue;
+            }
+            let until = self.clock.now_ms() + millis(self.settings.lease);
+            if let Err(e) = self.store.renew_mail_leases(&claims, until).await {
+                // Another renewal follows; if none gets through before the
+                // lease ends another replica may send the message too (at
+                // least once).
+                crate::telemetry::DATABASE
+                    .failed(&format!("outbox: renewing the claims failed: {e:#}"));
             }
         }
-        if !later.is_empty() {
-            self.record(later).await;
-        }
-        Ok(claimed)
     }
 
     /// Records outcomes `(outcome, counted, _)` in one transaction.

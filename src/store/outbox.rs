@@ -59,6 +59,15 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The message it is about.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Sent { id, .. } | Self::Retry { id, .. } | Self::Dead { id, .. } => id,
+        }
+    }
+}
+
 /// Woken when any replica queues mail.
 pub struct OutboxListener(sqlx::postgres::PgListener);
 
@@ -142,6 +151,10 @@ const MARK_SENT: &str = "UPDATE outbox SET state = 'sent', sent_at = $2, payload
 const RESCHEDULE: &str = "UPDATE outbox SET next_attempt_at = $2, last_error = $3 \
     WHERE id = $1 AND (state = 'queued') IS TRUE AND attempts = $4";
 
+// Extends a claim while its message is being sent. Only by the latest claim.
+const RENEW: &str = "UPDATE outbox SET next_attempt_at = $2 \
+    WHERE id = $1 AND (state = 'queued') IS TRUE AND attempts = $3";
+
 // Gives a claim back untried (shutdown came between claim and send): due now
 // for any replica, the attempt not counted. Only by the latest claim.
 const RELEASE: &str = "UPDATE outbox SET next_attempt_at = $2, attempts = attempts - 1 \
@@ -189,6 +202,12 @@ pub const PLAN_CHECKED_STATEMENTS: &[(&str, &str, &str, &str)] = &[
         RESCHEDULE,
         "text, bigint, text, integer",
         "'q25000', 1000000, 'timeout', 1",
+    ),
+    (
+        "renew",
+        RENEW,
+        "text, bigint, integer",
+        "'q25000', 1000000, 1",
     ),
     (
         "release",
@@ -261,6 +280,29 @@ impl Store {
         })?;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    /// Extends the claims `(id, attempts)` of messages still being sent
+    /// until `until`, in one transaction.
+    pub async fn renew_mail_leases(
+        &self,
+        claims: &[(String, i32)],
+        until: UnixMillis,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (id, attempts) in claims {
+            on_tx!(tx, "renew_mail_leases", |conn| {
+                sqlx::query(RENEW)
+                    .bind(id)
+                    .bind(until)
+                    .bind(*attempts)
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Gives claimed messages back untried, due at `now` (so another

@@ -12,6 +12,7 @@ both_backends!(
     a_message_the_relay_never_confirmed_is_not_sent_again_at_once,
     a_code_works_as_soon_as_its_email_is_accepted_whatever_else_is_being_sent,
     a_slow_relay_gets_as_many_emails_at_once_as_configured,
+    a_send_longer_than_the_lease_keeps_its_claim,
 );
 
 /// Polls `what` every 20 ms until it holds, for at most `within`.
@@ -193,6 +194,111 @@ async fn a_slow_relay_gets_as_many_emails_at_once_as_configured(backend: Backend
     // More than the old fixed 8 were in flight at once, never more than 12.
     let most = app.smtp.most_in_flight();
     assert!((9..=12).contains(&most), "{most} at once");
+}
+
+async fn a_send_longer_than_the_lease_keeps_its_claim(backend: Backend) {
+    // Claims hold 1 s; the relay takes 4 s to accept the message; a second
+    // replica polls every 100 ms for emails whose claim has run out.
+    let app = spawn_app_with(backend, |s| {
+        s.outbox_lease = Duration::from_secs(1);
+        s.smtp_timeout = Duration::from_secs(2);
+        s.smtp_send_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let replica = crate::helpers::spawn_replica(&app, |_| {}).await;
+    app.smtp.set_delay(Duration::from_secs(4));
+    let pool = app.db_pool().await;
+    app.start_auth("long@example.com").await.unwrap();
+
+    app.smtp.wait_for("long@example.com").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sent_count(&app).await == 1
+        })
+        .await,
+        "{:?}",
+        app.outbox_errors().await
+    );
+    // Nobody took it over while it was being sent: one claim, one copy.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.smtp.mails_to("long@example.com").len(), 1);
+    assert_eq!(
+        pool.strings("SELECT CAST(attempts AS TEXT) FROM outbox")
+            .await,
+        ["1"]
+    );
+    pool.close().await;
+    drop(replica);
+}
+
+/// A replica is killed (SIGKILL) while sending: another replica sends the
+/// email it had claimed once the claim's lease runs out, not minutes later.
+#[tokio::test]
+async fn a_killed_replicas_claimed_email_goes_out_within_its_lease() {
+    use crate::helpers::{Forwarder, Served, SmtpSink, TempDir, TestDb};
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let sink = SmtpSink::start();
+    // Replica A reaches the relay through a forwarder that lets nothing
+    // through: its send hangs.
+    let relay = Forwarder::start(sink.addr).await;
+    relay.freeze();
+    let dir = TempDir::new();
+    let envs = |smtp: String| {
+        vec![
+            ("LATCHKEY_DATABASE_URL", db.url.clone()),
+            ("LATCHKEY_SMTP_URL", smtp),
+            ("LATCHKEY_SMTP_TIMEOUT", "30s".to_owned()),
+            ("LATCHKEY_OUTBOX_LEASE", "3s".to_owned()),
+            ("LATCHKEY_OUTBOX_POLL_INTERVAL", "100ms".to_owned()),
+            ("LATCHKEY_LOG", "info".to_owned()),
+        ]
+    };
+    let (a_envs, b_envs) = (envs(format!("smtp://{}", relay.addr)), envs(sink.url()));
+    let a_envs: Vec<(&str, &str)> = a_envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let b_envs: Vec<(&str, &str)> = b_envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let created = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["apikey", "create", "--name", "tests"])
+        .envs(a_envs.iter().copied())
+        .env("LATCHKEY_DATA_DIR", &dir.path)
+        .env("LATCHKEY_LOG", "error")
+        .output()
+        .await
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let a = Served::start(&dir.path, &a_envs).await;
+    let http = reqwest::Client::new();
+    let started = http
+        .post(format!("http://{}/auth/start", a.http))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"email": "killed@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 200);
+    // A has claimed it (and is stuck sending it)...
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let claimed = || async {
+        sqlx::query_scalar::<_, i32>("SELECT attempts FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == 1
+    };
+    assert!(eventually(Duration::from_secs(10), claimed).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...when it is killed.
+    a.kill().await;
+    let killed_at = tokio::time::Instant::now();
+    let _b = Served::start(&dir.path, &b_envs).await;
+    sink.wait_for_count("killed@example.com", 1).await;
+    let after = killed_at.elapsed();
+    assert!(
+        after < Duration::from_secs(9),
+        "sent {after:?} after the kill (lease 3 s)"
+    );
+    pool.close().await;
 }
 
 /// A relay outage is logged as two lines, when delivery starts failing and
