@@ -232,6 +232,7 @@ impl Server {
             },
             wake: wake.clone(),
             failing: crate::telemetry::Outage::new("email delivery"),
+            breaker: Default::default(),
         };
         let auth = AuthService::new(Parts {
             store: store.clone(),

@@ -29,7 +29,7 @@ use crate::{
     auth::{email::EmailAddress, tenants::Tenants},
     clock::{Clock, UnixMillis, millis},
     kek::Kek,
-    store::{ClaimedMail, Outcome, Store},
+    store::{ClaimedMail, Outcome, Store, UNCONFIRMED},
 };
 
 /// How the worker paces itself.
@@ -78,6 +78,72 @@ enum Built {
     Expired,
 }
 
+/// Whether the relay is trusted with emails: a circuit breaker. It opens
+/// after [`Breaker::TRIP_AFTER`] temporary failures in a row (the relay is
+/// down, or refuses everything for now): the worker then claims nothing,
+/// and the messages already tried wait for their retries, except for one
+/// probe now and then (half-open): a single due email, or when none is due
+/// a connection to the relay. The first probe that works closes it and
+/// brings every message waiting for a retry forward, so an outage's backlog
+/// goes out seconds after the relay recovers, not at each message's backoff.
+#[derive(Debug, Default)]
+pub struct Breaker {
+    /// Temporary failures since the last success.
+    failures: u32,
+    /// While open: when the next probe may go, and the wait after it.
+    open: Option<(tokio::time::Instant, Duration)>,
+}
+
+/// What the worker may claim now.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// A whole batch (closed).
+    Batch,
+    /// One message, as a probe (half-open).
+    Probe,
+    /// Nothing until then (open).
+    WaitUntil(tokio::time::Instant),
+}
+
+impl Breaker {
+    /// Temporary failures in a row that open it.
+    const TRIP_AFTER: u32 = 2;
+    /// The longest wait between two probes.
+    const PROBE_MAX: Duration = Duration::from_secs(5);
+
+    fn plan(&self) -> Plan {
+        match self.open {
+            None => Plan::Batch,
+            Some((next, _)) if tokio::time::Instant::now() < next => Plan::WaitUntil(next),
+            Some(_) => Plan::Probe,
+        }
+    }
+
+    /// A send worked; true when that closed the breaker.
+    fn worked(&mut self) -> bool {
+        self.failures = 0;
+        self.open.take().is_some()
+    }
+
+    /// A send failed for a temporary reason; `first` is the first wait
+    /// between probes.
+    fn failed(&mut self, first: Duration) {
+        self.failures += 1;
+        let now = tokio::time::Instant::now();
+        self.open = match self.open {
+            // The rest of the batch that opened it: the schedule stands.
+            Some((next, wait)) if now < next => Some((next, wait)),
+            // A probe failed: wait longer for the next.
+            Some((_, wait)) => Some((now + wait, (wait * 2).min(Self::PROBE_MAX))),
+            None if self.failures >= Self::TRIP_AFTER => {
+                let wait = first.min(Self::PROBE_MAX);
+                Some((now + wait, (wait * 2).min(Self::PROBE_MAX)))
+            }
+            None => None,
+        };
+    }
+}
+
 /// The worker; built by the server, run once.
 pub struct OutboxWorker {
     pub store: Store,
@@ -92,6 +158,8 @@ pub struct OutboxWorker {
     pub wake: Arc<Notify>,
     /// Whether sending fails, logged once per outage.
     pub failing: crate::telemetry::Outage,
+    /// Whether to send at all (see [`Breaker`]).
+    pub breaker: std::sync::Mutex<Breaker>,
 }
 
 impl OutboxWorker {
@@ -134,10 +202,17 @@ impl OutboxWorker {
                     None => std::future::pending().await,
                 }
             };
+            let probe = async {
+                match self.plan() {
+                    Plan::WaitUntil(at) => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = notified => {}
+                _ = probe => {}
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
@@ -146,13 +221,25 @@ impl OutboxWorker {
     /// Claims one batch of due messages and delivers it. Returns how many
     /// were claimed.
     pub async fn deliver_due(&self, stop: &CancellationToken) -> anyhow::Result<usize> {
+        let limit = match self.plan() {
+            Plan::Batch => self.settings.batch,
+            Plan::Probe => 1,
+            Plan::WaitUntil(_) => return Ok(0),
+        };
         let now = self.clock.now_ms();
         let lease_until = now + millis(self.settings.lease);
-        let batch = self
-            .store
-            .claim_mail(now, lease_until, self.settings.batch)
-            .await?;
+        let batch = self.store.claim_mail(now, lease_until, limit).await?;
         let claimed = batch.len();
+        if claimed == 0 && limit == 1 {
+            // Nothing due to probe with: does the relay take a connection?
+            let probe = self.transport.accept_unsent();
+            match tokio::time::timeout(self.settings.send_timeout, probe).await {
+                Ok(Ok(())) => self.relay_works().await,
+                // (Not an email that failed: the outage log counts those.)
+                _ => self.breaker_failed(),
+            }
+            return Ok(0);
+        }
         if stop.is_cancelled() {
             // Shutting down: give the claims back untried (else they would
             // wait out their lease before any replica sends them).
@@ -301,11 +388,11 @@ impl OutboxWorker {
         };
         let now = self.clock.now_ms();
         match &outcome {
-            Ok(_) => self.failing.worked(),
+            Ok(_) => self.relay_works().await,
             // (Messages stay queued and are retried.)
-            Err(SendError::Transient(error) | SendError::Uncertain(error)) => {
-                self.failing.failed(error)
-            }
+            Err(SendError::Transient(error)) => self.relay_failed(error),
+            // The relay answers, slowly: not an outage of it.
+            Err(SendError::Uncertain(error)) => self.failing.failed(error),
             Err(SendError::Permanent(_)) => {}
         }
         let failed = match outcome {
@@ -365,7 +452,7 @@ impl OutboxWorker {
                     attempts: mail.attempts,
                     at: now + millis(UNCERTAIN_RESEND_AFTER),
                     error: format!(
-                        "not confirmed: {error} (it may have been delivered; not sent again \
+                        "{UNCONFIRMED}{error} (it may have been delivered; not sent again \
                          for {} minutes)",
                         UNCERTAIN_RESEND_AFTER.as_secs() / 60
                     ),
@@ -383,6 +470,40 @@ impl OutboxWorker {
             }
         };
         (failed, false)
+    }
+
+    fn plan(&self) -> Plan {
+        self.breaker.lock().expect("breaker lock").plan()
+    }
+
+    /// A send (or a probe) worked. If that closes the breaker, the messages
+    /// waiting for a retry go now.
+    async fn relay_works(&self) {
+        self.failing.worked();
+        let closed = self.breaker.lock().expect("breaker lock").worked();
+        if closed {
+            match self.store.bring_mail_forward(self.clock.now_ms()).await {
+                Ok(n) => tracing::info!(
+                    brought_forward = n,
+                    "the mail relay works again: emails waiting for a retry go now"
+                ),
+                Err(e) => crate::telemetry::DATABASE
+                    .failed(&format!("outbox: bringing retries forward failed: {e:#}")),
+            }
+            // Claim them at once.
+            self.wake.notify_one();
+        }
+    }
+
+    /// A send failed for a temporary reason.
+    fn relay_failed(&self, error: &dyn std::fmt::Display) {
+        self.failing.failed(error);
+        self.breaker_failed();
+    }
+
+    fn breaker_failed(&self) {
+        let first = self.settings.retry_base.min(Duration::from_secs(1));
+        self.breaker.lock().expect("breaker lock").failed(first);
     }
 
     /// Builds the message (and says how the proof's expiry moves once it is

@@ -33,7 +33,7 @@ pub use keys::{NewSigningKey, SigningKeyRow};
 pub use limits::{ExistingKey, Hit, NewIdempotencyKey};
 pub use outbox::{
     ClaimedMail, NewMail, OUTBOX_CHANNEL, OutboxCounts, OutboxListener, OutboxRow, Outcome,
-    PLAN_CHECKED_STATEMENTS,
+    PLAN_CHECKED_STATEMENTS, UNCONFIRMED,
 };
 pub use sessions::{
     ActiveSession, CodeAttempt, LinkedSession, NewSession, PendingSession, RotatedRefreshToken,

@@ -13,6 +13,7 @@ both_backends!(
     a_code_works_as_soon_as_its_email_is_accepted_whatever_else_is_being_sent,
     a_slow_relay_gets_as_many_emails_at_once_as_configured,
     a_send_longer_than_the_lease_keeps_its_claim,
+    emails_waiting_for_a_retry_go_out_soon_after_the_relay_recovers,
 );
 
 /// Polls `what` every 20 ms until it holds, for at most `within`.
@@ -229,6 +230,52 @@ async fn a_send_longer_than_the_lease_keeps_its_claim(backend: Backend) {
     );
     pool.close().await;
     drop(replica);
+}
+
+async fn emails_waiting_for_a_retry_go_out_soon_after_the_relay_recovers(backend: Backend) {
+    // Nothing listens at the relay's address yet; a failed send is retried
+    // only 30-60 s later.
+    let relay = crate::helpers::SmtpSink::reserve_addr();
+    let app = spawn_app_with(backend, |s| {
+        s.smtp_url = Some(latchkey::config::Secret::new(format!("smtp://{relay}")));
+        s.smtp_timeout = Duration::from_secs(1);
+        s.outbox_retry_base = Duration::from_secs(60);
+        s.outbox_retry_max = Duration::from_secs(120);
+    })
+    .await;
+    let who = ["a@example.com", "b@example.com", "c@example.com"];
+    for email in who {
+        app.start_auth(email).await.unwrap();
+    }
+    // Each was tried, and waits for its retry.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            app.outbox_errors().await.len() == 3
+        })
+        .await,
+        "{:?}",
+        app.outbox_errors().await
+    );
+
+    let sink = crate::helpers::SmtpSink::start_at(relay);
+    let back = tokio::time::Instant::now();
+    for email in who {
+        sink.wait_for(email).await;
+    }
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(12),
+        "{took:?} after the relay came back"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sent_count(&app).await == 3
+        })
+        .await
+    );
+    for email in who {
+        assert_eq!(sink.mails_to(email).len(), 1, "{email}");
+    }
 }
 
 /// A replica is killed (SIGKILL) while sending: another replica sends the
