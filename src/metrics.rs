@@ -35,6 +35,9 @@ pub const OUTBOX_OLDEST_AGE: &str = "latchkey_outbox_oldest_age_seconds";
 pub const DB_CONNECTIONS: &str = "latchkey_db_connections";
 /// This process's database pool size limit.
 pub const DB_CONNECTIONS_MAX: &str = "latchkey_db_connections_max";
+/// 1 while the database answers this process's periodic check (and has
+/// every migration it needs), 0 otherwise.
+pub const DATABASE_UP: &str = "latchkey_database_up";
 /// Database calls abandoned at their deadline (no answer: the connection
 /// went silent), by `operation` (the store method).
 pub const DB_TIMEOUTS: &str = "latchkey_db_timeouts_total";
@@ -97,6 +100,10 @@ fn describe() {
         DB_CONNECTIONS_MAX,
         "This process's database pool size limit."
     );
+    describe_gauge!(
+        DATABASE_UP,
+        "1 while the database answers this process's check, 0 otherwise."
+    );
     describe_counter!(
         DB_TIMEOUTS,
         "Database calls abandoned without an answer, by operation."
@@ -129,6 +136,13 @@ pub fn rpc(transport: &'static str, method: &'static str, code: &'static str, el
     let labels = [("transport", transport), ("method", method), ("code", code)];
     metrics::counter!(RPC_REQUESTS, &labels).increment(1);
     metrics::histogram!(RPC_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+/// Whether the database answers this process's check.
+pub fn database_up(up: bool) {
+    // (Set first at start-up, maybe before anything else installed it.)
+    handle();
+    metrics::gauge!(DATABASE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Adds one to a counter with one label.
