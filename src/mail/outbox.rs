@@ -129,7 +129,8 @@ enum Plan {
 impl Breaker {
     /// Temporary failures in a row that open it.
     const TRIP_AFTER: u32 = 2;
-    /// The longest wait between two probes.
+    /// The longest wait between two probes (shorter if the longest retry
+    /// delay is).
     const PROBE_MAX: Duration = Duration::from_secs(5);
 
     fn plan(&self) -> Plan {
@@ -160,8 +161,9 @@ impl Breaker {
     }
 
     /// A send failed for a temporary reason; `first` is the first wait
-    /// between probes.
-    fn failed(&mut self, first: Duration) {
+    /// between probes, doubling up to `most`.
+    fn failed(&mut self, first: Duration, most: Duration) {
+        let most = most.min(Self::PROBE_MAX);
         self.failures += 1;
         if std::mem::take(&mut self.closed_by_connection) {
             self.connection_probes = false;
@@ -171,10 +173,10 @@ impl Breaker {
             // The rest of the batch that opened it: the schedule stands.
             Some((next, wait)) if now < next => Some((next, wait)),
             // A probe failed: wait longer for the next.
-            Some((_, wait)) => Some((now + wait, (wait * 2).min(Self::PROBE_MAX))),
+            Some((_, wait)) => Some((now + wait, (wait * 2).min(most))),
             None if self.failures >= Self::TRIP_AFTER => {
-                let wait = first.min(Self::PROBE_MAX);
-                Some((now + wait, (wait * 2).min(Self::PROBE_MAX)))
+                let wait = first.min(most);
+                Some((now + wait, (wait * 2).min(most)))
             }
             None => None,
         };
@@ -565,9 +567,14 @@ impl OutboxWorker {
         self.breaker_failed();
     }
 
+    /// Probes start after the first retry delay (at most 1 s) and wait
+    /// no longer than the longest one.
     fn breaker_failed(&self) {
         let first = self.settings.retry_base.min(Duration::from_secs(1));
-        self.breaker.lock().expect("breaker lock").failed(first);
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .failed(first, self.settings.retry_max);
     }
 
     /// Builds the message (and says how the proof's expiry moves once it is
@@ -694,13 +701,13 @@ mod tests {
     fn the_breaker_opens_after_failures_in_a_row_and_probes_until_one_works() {
         let first = Duration::from_millis(50);
         let mut breaker = Breaker::default();
-        breaker.failed(first);
+        breaker.failed(first, Breaker::PROBE_MAX);
         assert_eq!(breaker.plan(), Plan::Batch, "one failure is not an outage");
-        breaker.failed(first);
+        breaker.failed(first, Breaker::PROBE_MAX);
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(breaker.plan(), Plan::Probe);
         // A failed probe: wait twice as long for the next.
-        breaker.failed(first);
+        breaker.failed(first, Breaker::PROBE_MAX);
         assert!(matches!(breaker.plan(), Plan::WaitUntil(_)));
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(breaker.plan(), Plan::Probe);
@@ -713,18 +720,18 @@ mod tests {
     fn a_connection_probe_stops_counting_once_mail_fails_right_after_one() {
         let first = Duration::from_millis(50);
         let mut breaker = Breaker::default();
-        breaker.failed(first);
-        breaker.failed(first);
+        breaker.failed(first, Breaker::PROBE_MAX);
+        breaker.failed(first, Breaker::PROBE_MAX);
         assert!(breaker.connected(), "the relay takes connections again");
         // ...but refuses mail (421): the next failure says so.
-        breaker.failed(first);
-        breaker.failed(first);
+        breaker.failed(first, Breaker::PROBE_MAX);
+        breaker.failed(first, Breaker::PROBE_MAX);
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(breaker.plan(), Plan::Probe);
         assert!(!breaker.connected(), "a connection no longer closes it");
         assert!(breaker.worked(), "an email does");
-        breaker.failed(first);
-        breaker.failed(first);
+        breaker.failed(first, Breaker::PROBE_MAX);
+        breaker.failed(first, Breaker::PROBE_MAX);
         assert!(breaker.connected(), "and connections count again");
     }
 }
