@@ -348,16 +348,7 @@ async fn a_killed_replicas_claimed_email_goes_out_within_its_lease() {
     let (a_envs, b_envs) = (envs(format!("smtp://{}", relay.addr)), envs(sink.url()));
     let a_envs: Vec<(&str, &str)> = a_envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let b_envs: Vec<(&str, &str)> = b_envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let created = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args(["apikey", "create", "--name", "tests"])
-        .envs(a_envs.iter().copied())
-        .env("LATCHKEY_DATA_DIR", &dir.path)
-        .env("LATCHKEY_LOG", "error")
-        .output()
-        .await
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
-    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let key = crate::helpers::create_key_with(&dir.path, &a_envs).await;
     let a = Served::start(&dir.path, &a_envs).await;
     let http = reqwest::Client::new();
     let started = http

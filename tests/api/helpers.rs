@@ -261,6 +261,8 @@ struct Inbox {
     /// Messages being accepted right now, and the most there ever were.
     in_flight: std::sync::atomic::AtomicUsize,
     most_in_flight: std::sync::atomic::AtomicUsize,
+    /// Answer every MAIL with 421 (service not available, try later).
+    unavailable: std::sync::atomic::AtomicBool,
 }
 
 /// A real SMTP server (mailin-embedded) on 127.0.0.1, collecting messages.
@@ -278,6 +280,18 @@ struct SinkHandler {
 }
 
 impl Handler for SinkHandler {
+    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
+        if self
+            .inbox
+            .unavailable
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            response::NO_SERVICE
+        } else {
+            response::OK
+        }
+    }
+
     fn rcpt(&mut self, to: &str) -> Response {
         let to = to.trim_matches(['<', '>']);
         if self.inbox.rejected.lock().unwrap().iter().any(|r| r == to) {
@@ -382,6 +396,14 @@ impl SmtpSink {
         *self.inbox.delay.lock().unwrap() = delay;
     }
 
+    /// Answer every message with 421 (a relay refusing mail for now) while
+    /// `unavailable`.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.inbox
+            .unavailable
+            .store(unavailable, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The most messages this server was ever accepting at once.
     pub fn most_in_flight(&self) -> usize {
         self.inbox
@@ -412,6 +434,29 @@ impl SmtpSink {
             .into_iter()
             .filter(|m| m.to.iter().any(|t| t == to))
             .collect()
+    }
+
+    /// The first message to `to`, waiting for it up to `within` (woken by
+    /// each arrival, copying only that message: cheap with many waiters).
+    pub async fn first_to(&self, to: &str, within: Duration) -> Option<ReceivedMail> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = self.inbox.arrived.notified();
+            let found = self
+                .inbox
+                .mails
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|m| m.to.iter().any(|t| t == to))
+                .cloned();
+            if found.is_some() {
+                return found;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Waits (up to 10 s) until a message to `to` has arrived and returns the
@@ -992,7 +1037,6 @@ impl Forwarder {
 
     /// A blackhole: every connection, open or new, stays open but nothing
     /// goes through (a dropped route or conntrack entry).
-    #[allow(dead_code)] // the fault suite uses it
     pub fn freeze(&self) {
         self.ctl
             .frozen
@@ -1003,6 +1047,21 @@ impl Forwarder {
     /// nothing more, that reply included, either way; the others carry on.
     pub fn freeze_when_server_sends(&self, bytes: &[u8]) {
         *self.ctl.freeze_on.lock().unwrap() = Some(bytes.to_vec());
+    }
+
+    /// Freezes no connection by [`Forwarder::freeze_when_server_sends`]
+    /// after all.
+    pub fn disarm(&self) {
+        *self.ctl.freeze_on.lock().unwrap() = None;
+    }
+
+    /// Whether a connection was frozen by
+    /// [`Forwarder::freeze_when_server_sends`].
+    pub fn has_frozen(&self) -> bool {
+        self.ctl
+            .frozen_connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
     }
 
     /// Waits (up to `within`) until a connection was frozen by
@@ -1232,8 +1291,14 @@ impl Served {
 /// Creates an app key of the default tenant with the CLI, on the SQLite
 /// database in `dir`.
 pub async fn create_key(dir: &std::path::Path) -> String {
+    create_key_with(dir, &[]).await
+}
+
+/// [`create_key`] with more `LATCHKEY_*` settings (another database, say).
+pub async fn create_key_with(dir: &std::path::Path, envs: &[(&str, &str)]) -> String {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .args(["apikey", "create", "--name", "tests"])
+        .envs(envs.iter().copied())
         .env("LATCHKEY_DATA_DIR", dir)
         .env("LATCHKEY_LOG", "error")
         .output()

@@ -12,6 +12,7 @@ mod cli;
 mod codes;
 mod delivery;
 mod enumeration;
+mod faults;
 mod files;
 mod gateway;
 mod identity;
