@@ -235,16 +235,16 @@ impl Api {
             active: found.active,
             session_ended: found.session_ended,
             claims: found.claims.map(|c| proto::TokenClaims {
-                iss: c.iss,
-                aud: c.aud,
-                sub: c.sub,
-                email: c.email,
-                sid: c.sid,
-                tid: c.tid,
+                iss: c.iss.into_owned(),
+                aud: c.aud.into_owned(),
+                sub: c.sub.into_owned(),
+                email: c.email.into_owned(),
+                sid: c.sid.into_owned(),
+                tid: c.tid.into_owned(),
                 iat: Some(seconds(c.iat)),
                 nbf: Some(seconds(c.nbf)),
                 exp: Some(seconds(c.exp)),
-                jti: c.jti,
+                jti: c.jti.into_owned(),
             }),
         })
     }

@@ -1,9 +1,7 @@
 //! The sessions API: a user's sessions, ending them, and token
 //! introspection for callers that cannot verify JWTs themselves.
 
-use serde::Deserialize;
-
-use super::{AuthService, parse_uuid, tenants::Tenant};
+use super::{AuthService, input::parse_uuid, tenants::Tenant, tokens::AccessClaims};
 use crate::{clock::UnixMillis, error::AuthError, store::SessionEnd};
 
 /// Most sessions ListSessions returns (newest first).
@@ -46,27 +44,12 @@ pub struct SessionInfo {
     pub user_agent: String,
 }
 
-/// The claims of an access token (as signed by `sign_access_token`).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct TokenClaims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub email: String,
-    pub sid: String,
-    pub tid: String,
-    pub iat: i64,
-    pub nbf: i64,
-    pub exp: i64,
-    pub jti: String,
-}
-
 /// What IntrospectToken found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Introspection {
     pub active: bool,
     /// Present when the token is genuine and the caller's tenant's.
-    pub claims: Option<TokenClaims>,
+    pub claims: Option<AccessClaims<'static>>,
     pub session_ended: bool,
 }
 
@@ -163,13 +146,13 @@ impl AuthService {
             .ring(&tenant.id)
             .await
             .map_err(AuthError::Internal)?;
-        let Some(claims) = ring.verify::<TokenClaims>(token) else {
+        let Some(claims) = ring.verify::<AccessClaims<'static>>(token) else {
             return Ok(Introspection::default());
         };
         if claims.tid != tenant.id || claims.iss != policy.issuer || claims.aud != policy.audience {
             return Ok(Introspection::default());
         }
-        tracing::Span::current().record("session_id", claims.sid.as_str());
+        tracing::Span::current().record("session_id", &*claims.sid);
         let now = self.inner.clock.now_ms();
         let now_s = now.div_euclid(1000);
         let in_lifetime = claims.nbf <= now_s && now_s < claims.exp;
