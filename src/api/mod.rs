@@ -24,6 +24,11 @@ use crate::{
     proto,
 };
 
+/// proto3 has no absent string: an empty (or blank) one means "not given".
+fn given(text: String) -> Option<String> {
+    Some(text).filter(|t| !t.trim().is_empty())
+}
+
 /// Tenant id -> (key set version, GetJwks response).
 type JwksCache = HashMap<String, (u64, Arc<proto::GetJwksResponse>)>;
 
@@ -64,13 +69,15 @@ impl Api {
                 auth::StartAuth {
                     email: req.email,
                     method,
-                    validation_url: req.validation_url,
+                    validation_url: given(req.validation_url),
                     client: auth::ClientInfo {
-                        ip: client.ip,
-                        user_agent: client.user_agent,
+                        ip: given(client.ip),
+                        // (Only empty is absent: blanks and control
+                        // characters are the domain's to refuse.)
+                        user_agent: Some(client.user_agent).filter(|ua| !ua.is_empty()),
                     },
-                    locale: req.locale,
-                    idempotency_key: req.idempotency_key,
+                    locale: given(req.locale),
+                    idempotency_key: given(req.idempotency_key),
                 },
             )
             .await
@@ -93,9 +100,9 @@ impl Api {
             auth.verify(
                 &tenant,
                 auth::VerifyProof {
-                    session_id: req.session_id,
-                    code: req.code,
-                    link_token: req.link_token,
+                    session_id: given(req.session_id),
+                    code: given(req.code),
+                    link_token: given(req.link_token),
                 },
             )
             .await
@@ -139,8 +146,12 @@ impl Api {
     ) -> Result<proto::RevokeResponse, AuthError> {
         let (auth, tenant) = (self.auth.clone(), tenant.clone());
         to_completion(async move {
-            auth.revoke(&tenant, &req.refresh_token, &req.session_id)
-                .await
+            auth.revoke(
+                &tenant,
+                given(req.refresh_token).as_deref(),
+                given(req.session_id).as_deref(),
+            )
+            .await
         })
         .await?;
         Ok(proto::RevokeResponse {})
@@ -212,8 +223,12 @@ impl Api {
     ) -> Result<proto::RevokeAllSessionsResponse, AuthError> {
         let (auth, tenant) = (self.auth.clone(), tenant.clone());
         let revoked = to_completion(async move {
-            auth.revoke_all_sessions(&tenant, &req.user_id, &req.except_session_id)
-                .await
+            auth.revoke_all_sessions(
+                &tenant,
+                &req.user_id,
+                given(req.except_session_id).as_deref(),
+            )
+            .await
         })
         .await?;
         Ok(proto::RevokeAllSessionsResponse {

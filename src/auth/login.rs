@@ -9,15 +9,16 @@ use super::{
     input::{
         parse_client_ip, parse_idempotency_key, parse_user_agent, parse_uuid, request_fingerprint,
     },
-    limits, links, secrets,
+    limits, links,
+    payload::{self, SignInPayload},
+    secrets,
     tenants::{SignupPolicy, Tenant},
 };
 use crate::{
     clock::{UnixMillis, millis},
     error::AuthError,
-    mail::{self, SignInPayload},
     metrics,
-    store::{NewIdempotencyKey, NewMail, NewSession},
+    store::{MailKind, NewIdempotencyKey, NewMail, NewSession},
 };
 
 /// A session's new proofs: the secrets (for the email) and their hashes
@@ -40,31 +41,33 @@ impl AuthService {
         let inner = &self.inner;
         let policy = &tenant.policy;
         let email = EmailAddress::parse(&req.email)?;
-        if req.validation_url.len() > MAX_URL_LEN {
+        if req
+            .validation_url
+            .as_ref()
+            .is_some_and(|u| u.len() > MAX_URL_LEN)
+        {
             return Err(AuthError::invalid(
                 "validation_url",
                 "must be at most 2048 characters",
             ));
         }
-        let client_ip = parse_client_ip(&req.client.ip)?;
-        let user_agent = parse_user_agent(&req.client.user_agent)?;
-        let locale = req.locale.trim();
-        if !locale.is_empty() && !links::is_locale(locale) {
-            return Err(AuthError::invalid(
-                "locale",
-                "must be a language tag like `en` or `pt-BR`",
-            ));
-        }
-        let locale = if locale.is_empty() {
-            policy.default_locale.as_str()
-        } else {
-            locale
+        let client_ip = parse_client_ip(req.client.ip.as_deref())?;
+        let user_agent = parse_user_agent(req.client.user_agent.as_deref())?;
+        let locale = match req.locale.as_deref().map(str::trim) {
+            Some(given) if !links::is_locale(given) => {
+                return Err(AuthError::invalid(
+                    "locale",
+                    "must be a language tag like `en` or `pt-BR`",
+                ));
+            }
+            Some(given) => given,
+            None => policy.default_locale.as_str(),
         };
         // The request's validation URL, else the tenant's default; a given
         // one must be allowed even when only a code is sent.
-        let validation_url = match req.validation_url.trim() {
-            "" => policy.default_validation_url.as_deref(),
-            given => Some(given),
+        let validation_url = match req.validation_url.as_deref().map(str::trim) {
+            None => policy.default_validation_url.as_deref(),
+            given => given,
         };
         let validation_url = match validation_url {
             Some(url) => Some(
@@ -80,11 +83,7 @@ impl AuthService {
         } else {
             Method::Code
         });
-        let (wants_code, wants_link) = match method {
-            Method::Code => (true, false),
-            Method::Link => (false, true),
-            Method::CodeAndLink => (true, true),
-        };
+        let (wants_code, wants_link) = proofs_of(method);
         if wants_link && validation_url.is_none() {
             return Err(AuthError::invalid(
                 "validation_url",
@@ -92,7 +91,7 @@ impl AuthService {
             ));
         }
 
-        let idempotency_key = parse_idempotency_key(&req.idempotency_key)?;
+        let idempotency_key = parse_idempotency_key(req.idempotency_key.as_deref())?;
         // What makes a retry "the same request".
         let fingerprint = request_fingerprint(&[
             email.as_str(),
@@ -159,14 +158,14 @@ impl AuthService {
         // database work (a session nobody can verify, an outbox row), but
         // the row is a "no account" notice or nothing at all, never a proof.
         let kind = match policy.signup_policy {
-            SignupPolicy::LoginOrCreate => mail::KIND_SIGN_IN,
+            SignupPolicy::LoginOrCreate => MailKind::SignIn,
             SignupPolicy::LoginOnly => {
                 if tx.user_exists(&tenant.id, email.as_str()).await? {
-                    mail::KIND_SIGN_IN
+                    MailKind::SignIn
                 } else if policy.notify_unknown_address {
-                    mail::KIND_NO_ACCOUNT
+                    MailKind::NoAccount
                 } else {
-                    mail::KIND_SUPPRESSED
+                    MailKind::Suppressed
                 }
             }
         };
@@ -174,7 +173,7 @@ impl AuthService {
             id: &session_id,
             tenant_id: &tenant.id,
             email: email.as_str(),
-            method: method.as_str(),
+            method,
             code_hash: proofs.code_hash.as_ref().map(|h| h.as_slice()),
             link_hash: proofs.link_hash.as_ref().map(|h| h.as_slice()),
             proof_expires_at: expires_at,
@@ -231,7 +230,7 @@ impl AuthService {
         // login from before resends existed (no recorded kind of email) is
         // not resent: start a new one.
         let end_of_life = pending.created_at + millis(policy.code_max_age);
-        let Some(kind) = pending.mail_kind.as_deref().filter(|_| now < end_of_life) else {
+        let Some(kind) = pending.mail_kind.filter(|_| now < end_of_life) else {
             return Err(AuthError::CodeInvalid);
         };
         let counters = inner
@@ -239,11 +238,7 @@ impl AuthService {
             .for_send(&policy.limits, &pending.email, None, now);
         self.known_refusal(tenant, &counters, now)?;
         self.check_limits(&mut tx, tenant, &counters, now).await?;
-        let (wants_code, wants_link) = match pending.method.as_str() {
-            "link" => (false, true),
-            "code_and_link" => (true, true),
-            _ => (true, false),
-        };
+        let (wants_code, wants_link) = proofs_of(pending.method);
         // The URL must still be allowed (the allowlist may have changed).
         let validation_url = match pending.validation_url.as_deref() {
             Some(u) => Some(
@@ -390,7 +385,7 @@ impl AuthService {
         tenant: &Tenant,
         session_id: &str,
         email: &str,
-        kind: &str,
+        kind: MailKind,
         proofs: Proofs,
         locale: &str,
         started_at: UnixMillis,
@@ -399,8 +394,8 @@ impl AuthService {
         let inner = &self.inner;
         let policy = &tenant.policy;
         let mail_id = uuid::Uuid::now_v7().to_string();
-        let signs_in = kind == mail::KIND_SIGN_IN;
-        let payload = mail::seal_payload(
+        let signs_in = kind == MailKind::SignIn;
+        let payload = payload::seal(
             &inner.kek,
             &mail_id,
             &SignInPayload {
@@ -438,15 +433,24 @@ impl AuthService {
         &self,
         tx: crate::store::Tx,
         tenant: &Tenant,
-        kind: &str,
+        kind: MailKind,
         now: UnixMillis,
     ) -> Result<(), AuthError> {
         tx.commit().await?;
         self.inner.ceiling.record(&tenant.id, now);
         self.inner.outbox_wake.notify_one();
-        if kind != mail::KIND_SUPPRESSED {
+        if kind != MailKind::Suppressed {
             metrics::count(metrics::EMAILS, "event", "queued");
         }
         Ok(())
+    }
+}
+
+/// Which proofs a method sends: (a code, a link).
+fn proofs_of(method: Method) -> (bool, bool) {
+    match method {
+        Method::Code => (true, false),
+        Method::Link => (false, true),
+        Method::CodeAndLink => (true, true),
     }
 }

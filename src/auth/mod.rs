@@ -12,6 +12,7 @@ pub mod keys;
 pub mod limits;
 pub mod links;
 mod login;
+pub mod payload;
 mod policy;
 pub mod secrets;
 pub mod sessions;
@@ -20,6 +21,7 @@ pub mod tokens;
 mod upkeep;
 mod verify;
 
+pub use crate::store::Method;
 pub use policy::Policy;
 
 use std::sync::Arc;
@@ -45,43 +47,27 @@ pub const MAX_USER_AGENT_LEN: usize = 512;
 /// Longest accepted `validation_url`.
 pub const MAX_URL_LEN: usize = 2048;
 
-/// How the user proves they own the address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    Code,
-    Link,
-    CodeAndLink,
-}
-
-impl Method {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Code => "code",
-            Self::Link => "link",
-            Self::CodeAndLink => "code_and_link",
-        }
-    }
-}
-
 /// The end user's client as the calling backend saw it (both optional).
 #[derive(Clone, Debug, Default)]
 pub struct ClientInfo {
-    pub ip: String,
-    pub user_agent: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
 }
 
-/// A StartAuth request, as received.
+/// A StartAuth request, as received. (Transports pass an absent or blank
+/// optional value as `None`.)
 #[derive(Clone, Debug)]
 pub struct StartAuth {
     pub email: String,
     /// `None`: let the server choose.
     pub method: Option<Method>,
-    pub validation_url: String,
+    /// `None`: the tenant's default, if any.
+    pub validation_url: Option<String>,
     pub client: ClientInfo,
-    /// The email's language; empty: the tenant's default.
-    pub locale: String,
+    /// The email's language; `None`: the tenant's default.
+    pub locale: Option<String>,
     /// Makes retries of this request return its first answer (24 h).
-    pub idempotency_key: String,
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -94,9 +80,10 @@ pub struct Started {
 /// The proof presented to Verify.
 #[derive(Clone)]
 pub struct VerifyProof {
-    pub session_id: String,
-    pub code: String,
-    pub link_token: String,
+    /// Required with a code; with a link, checked when given.
+    pub session_id: Option<String>,
+    pub code: Option<String>,
+    pub link_token: Option<String>,
 }
 
 impl std::fmt::Debug for VerifyProof {

@@ -2,7 +2,11 @@
 //! introspection for callers that cannot verify JWTs themselves.
 
 use super::{AuthService, input::parse_uuid, tenants::Tenant, tokens::AccessClaims};
-use crate::{clock::UnixMillis, error::AuthError, store::SessionEnd};
+use crate::{
+    clock::UnixMillis,
+    error::AuthError,
+    store::{SessionEnd, SessionStage},
+};
 
 /// Most sessions ListSessions returns (newest first).
 pub const MAX_LISTED_SESSIONS: i64 = 100;
@@ -19,12 +23,12 @@ pub enum SessionState {
 }
 
 impl SessionState {
-    fn of(state: &str, expires_at: Option<UnixMillis>, now: UnixMillis) -> Self {
-        match state {
-            "pending" => Self::Pending,
-            "active" if expires_at.is_some_and(|e| e > now) => Self::Active,
-            "active" => Self::Expired,
-            _ => Self::Ended,
+    fn of(stage: SessionStage, expires_at: Option<UnixMillis>, now: UnixMillis) -> Self {
+        match stage {
+            SessionStage::Pending => Self::Pending,
+            SessionStage::Active if expires_at.is_some_and(|e| e > now) => Self::Active,
+            SessionStage::Active => Self::Expired,
+            SessionStage::Ended => Self::Ended,
         }
     }
 }
@@ -75,7 +79,7 @@ impl AuthService {
         Ok(rows
             .into_iter()
             .map(|r| SessionInfo {
-                state: SessionState::of(&r.state, r.expires_at, now),
+                state: SessionState::of(r.state, r.expires_at, now),
                 id: r.id,
                 end_reason: r.end_reason.unwrap_or_default(),
                 created_at: r.created_at,
@@ -92,7 +96,7 @@ impl AuthService {
     /// Ends one session by id. Idempotent, like [`AuthService::revoke`].
     pub async fn revoke_session(&self, tenant: &Tenant, session_id: &str) -> Result<(), AuthError> {
         let session_id = parse_uuid(session_id, "session_id")?;
-        self.revoke(tenant, "", &session_id).await
+        self.revoke(tenant, None, Some(&session_id)).await
     }
 
     /// Ends every active session of a user but `except_session_id` (if
@@ -102,17 +106,22 @@ impl AuthService {
         &self,
         tenant: &Tenant,
         user_id: &str,
-        except_session_id: &str,
+        except_session_id: Option<&str>,
     ) -> Result<u64, AuthError> {
         let user_id = parse_uuid(user_id, "user_id")?;
-        let except = match except_session_id.trim() {
-            "" => String::new(),
-            given => parse_uuid(given, "except_session_id")?,
-        };
+        let except = except_session_id
+            .map(|given| parse_uuid(given, "except_session_id"))
+            .transpose()?;
         let now = self.inner.clock.now_ms();
         let mut tx = self.inner.store.begin().await?;
         let ended = tx
-            .end_user_sessions(&tenant.id, &user_id, &except, SessionEnd::Revoked, now)
+            .end_user_sessions(
+                &tenant.id,
+                &user_id,
+                except.as_deref(),
+                SessionEnd::Revoked,
+                now,
+            )
             .await?;
         tx.commit().await?;
         tracing::info!(ended, "sessions revoked");
@@ -163,7 +172,7 @@ impl AuthService {
             .await?
         {
             Some((state, expires_at)) => {
-                SessionState::of(&state, expires_at, now) == SessionState::Active
+                SessionState::of(state, expires_at, now) == SessionState::Active
             }
             None => false,
         };
@@ -182,14 +191,20 @@ mod tests {
     #[test]
     fn an_active_session_past_its_lifetime_is_expired() {
         assert_eq!(
-            SessionState::of("active", Some(10), 5),
+            SessionState::of(SessionStage::Active, Some(10), 5),
             SessionState::Active
         );
         assert_eq!(
-            SessionState::of("active", Some(10), 10),
+            SessionState::of(SessionStage::Active, Some(10), 10),
             SessionState::Expired
         );
-        assert_eq!(SessionState::of("ended", Some(10), 5), SessionState::Ended);
-        assert_eq!(SessionState::of("pending", None, 5), SessionState::Pending);
+        assert_eq!(
+            SessionState::of(SessionStage::Ended, Some(10), 5),
+            SessionState::Ended
+        );
+        assert_eq!(
+            SessionState::of(SessionStage::Pending, None, 5),
+            SessionState::Pending
+        );
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     clock::{UnixMillis, millis},
     error::AuthError,
     metrics,
-    store::SessionEnd,
+    store::{SessionEnd, SessionStage},
 };
 
 /// The claims of an access token: what Verify and Refresh sign and what
@@ -122,7 +122,7 @@ impl AuthService {
         else {
             return Err(AuthError::RefreshTokenInvalid);
         };
-        if used.state != "active" || expires_at <= now {
+        if used.state != SessionStage::Active || expires_at <= now {
             return Err(AuthError::RefreshTokenInvalid);
         }
         if now - rotated_at <= millis(tenant.policy.refresh_reuse_grace) {
@@ -177,20 +177,16 @@ impl AuthService {
     pub async fn revoke(
         &self,
         tenant: &Tenant,
-        refresh_token: &str,
-        session_id: &str,
+        refresh_token: Option<&str>,
+        session_id: Option<&str>,
     ) -> Result<(), AuthError> {
         let inner = &self.inner;
-        let token = if refresh_token.trim().is_empty() {
-            None
-        } else {
-            Some(RefreshToken::parse(refresh_token, "refresh_token")?)
-        };
-        let session_id = if session_id.trim().is_empty() {
-            None
-        } else {
-            Some(parse_uuid(session_id, "session_id")?)
-        };
+        let token = refresh_token
+            .map(|t| RefreshToken::parse(t, "refresh_token"))
+            .transpose()?;
+        let session_id = session_id
+            .map(|id| parse_uuid(id, "session_id"))
+            .transpose()?;
         if token.is_none() && session_id.is_none() {
             return Err(AuthError::invalid(
                 "refresh_token",

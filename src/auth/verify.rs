@@ -14,7 +14,7 @@ use crate::{
     clock::{UnixMillis, millis},
     error::AuthError,
     metrics,
-    store::SessionEnd,
+    store::{SessionEnd, SessionStage},
 };
 
 /// Why a proof was refused, finer than the caller is told: an expired code
@@ -46,10 +46,10 @@ impl AuthService {
     /// any number of racing attempts with the right code exactly one wins.
     #[tracing::instrument(name = "verify", skip_all, fields(tenant = %tenant.id, session_id))]
     pub async fn verify(&self, tenant: &Tenant, proof: VerifyProof) -> Result<Verified, AuthError> {
-        let kind = if proof.link_token.trim().is_empty() {
-            "code"
-        } else {
+        let kind = if proof.link_token.is_some() {
             "link"
+        } else {
+            "code"
         };
         let result = match self.signing_keys_ready(tenant).await {
             Ok(()) => self.check_proof(tenant, proof).await,
@@ -73,23 +73,29 @@ impl AuthService {
 
     /// [`Self::verify`] without the metrics.
     async fn check_proof(&self, tenant: &Tenant, proof: VerifyProof) -> Result<Verified, Refusal> {
-        let has_code = !proof.code.trim().is_empty();
-        let has_link = !proof.link_token.trim().is_empty();
-        if has_code && has_link {
-            return Err(AuthError::invalid(
-                "link_token",
-                "give either code (with session_id) or link_token, not both",
-            )
-            .into());
-        }
-        if has_link {
-            return Ok(self.verify_link(tenant, &proof).await?);
-        }
+        let code = match (proof.code.as_deref(), proof.link_token.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(AuthError::invalid(
+                    "link_token",
+                    "give either code (with session_id) or link_token, not both",
+                )
+                .into());
+            }
+            (None, Some(link)) => {
+                let session_id = proof.session_id.as_deref();
+                return Ok(self.verify_link(tenant, link, session_id).await?);
+            }
+            (code, None) => code,
+        };
         let inner = &self.inner;
         let policy = &tenant.policy;
-        let session_id = parse_uuid(&proof.session_id, "session_id")?;
+        // (A missing value gets each parser's "is required".)
+        let session_id = parse_uuid(
+            proof.session_id.as_deref().unwrap_or_default(),
+            "session_id",
+        )?;
         tracing::Span::current().record("session_id", session_id.as_str());
-        let code = secrets::parse_code(&proof.code)?;
+        let code = secrets::parse_code(code.unwrap_or_default())?;
 
         let now = inner.clock.now_ms();
         let max_attempts = i32::try_from(policy.code_max_attempts).unwrap_or(i32::MAX);
@@ -103,7 +109,7 @@ impl AuthService {
             let status = tx.session_status(&tenant.id, &session_id).await?;
             let expired = status
                 .as_ref()
-                .is_some_and(|s| s.state == "pending" && s.proof_expires_at <= now);
+                .is_some_and(|s| s.state == SessionStage::Pending && s.proof_expires_at <= now);
             return Err(match status {
                 Some(s)
                     if s.end_reason.as_deref() == Some(SessionEnd::TooManyAttempts.as_str()) =>
@@ -174,14 +180,14 @@ impl AuthService {
     async fn verify_link(
         &self,
         tenant: &Tenant,
-        proof: &VerifyProof,
+        link_token: &str,
+        session_id: Option<&str>,
     ) -> Result<Verified, AuthError> {
         let inner = &self.inner;
-        let token = secrets::LinkToken::parse(&proof.link_token, "link_token")?;
-        let expected_session = match proof.session_id.trim() {
-            "" => None,
-            given => Some(parse_uuid(given, "session_id")?),
-        };
+        let token = secrets::LinkToken::parse(link_token, "link_token")?;
+        let expected_session = session_id
+            .map(|given| parse_uuid(given, "session_id"))
+            .transpose()?;
         let now = inner.clock.now_ms();
         let mut tx = inner.store.begin().await?;
         let Some(found) = tx.take_link(&tenant.id, &token.hash(), now).await? else {

@@ -4,6 +4,44 @@
 //! where a dialect truly differs both texts sit side by side. The conformance
 //! tests run every operation on both backends.
 
+/// A closed set of words stored in a TEXT column: each variant's spelling is
+/// written once, encoded with `as_str` when binding and decoded with
+/// `TryFrom<String>` (`#[sqlx(try_from = "String")]` on a row's field), so
+/// no layer above the store compares strings.
+macro_rules! stored_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vmeta])* $variant,)+ }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(text: String) -> std::result::Result<Self, String> {
+                match text.as_str() {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(concat!("unknown ", stringify!($name), " {:?}"), text)),
+                }
+            }
+        }
+    };
+}
+
+/// A stored word no variant spells (a row written by a newer version, or
+/// corruption).
+fn decode_error(message: String) -> StoreError {
+    StoreError(sqlx::Error::Decode(message.into()))
+}
+
 mod addresses;
 mod keys;
 mod limits;
@@ -24,12 +62,12 @@ pub use addresses::AddressRewrite;
 pub use keys::{NewSigningKey, SigningKeyRow};
 pub use limits::{ExistingKey, Hit, NewIdempotencyKey};
 pub use outbox::{
-    ClaimedMail, NewMail, OUTBOX_CHANNEL, OutboxCounts, OutboxListener, OutboxRow, Outcome,
-    PLAN_CHECKED_STATEMENTS,
+    ClaimedMail, MailKind, NewMail, OUTBOX_CHANNEL, OutboxCounts, OutboxListener, OutboxRow,
+    Outcome, PLAN_CHECKED_STATEMENTS,
 };
 pub use sessions::{
-    ActiveSession, CodeAttempt, LinkedSession, NewSession, PendingSession, RotatedRefreshToken,
-    SessionEnd, SessionRow, SessionStatus, UserRow,
+    ActiveSession, CodeAttempt, LinkedSession, Method, NewSession, PendingSession,
+    RotatedRefreshToken, SessionEnd, SessionRow, SessionStage, SessionStatus, UserRow,
 };
 pub use tenants::{ApiKeyRow, Counter, TenantRow};
 

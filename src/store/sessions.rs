@@ -2,7 +2,7 @@
 
 use sqlx::FromRow;
 
-use super::{Result, Store, Tx, on_pool, on_tx};
+use super::{MailKind, Result, Store, Tx, decode_error, on_pool, on_tx};
 use crate::clock::UnixMillis;
 
 /// A login session as StartAuth creates it.
@@ -11,7 +11,7 @@ pub struct NewSession<'a> {
     pub id: &'a str,
     pub tenant_id: &'a str,
     pub email: &'a str,
-    pub method: &'a str,
+    pub method: Method,
     pub code_hash: Option<&'a [u8]>,
     pub link_hash: Option<&'a [u8]>,
     pub proof_expires_at: UnixMillis,
@@ -22,7 +22,7 @@ pub struct NewSession<'a> {
     /// which email the session gets (sign-in, notice, nothing).
     pub validation_url: Option<&'a str>,
     pub locale: &'a str,
-    pub mail_kind: &'a str,
+    pub mail_kind: MailKind,
 }
 
 /// What a counted verification attempt sees.
@@ -42,21 +42,34 @@ pub struct UserRow {
 }
 
 /// A pending session, as a resend sees it.
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 pub struct PendingSession {
     pub email: String,
-    pub method: String,
+    pub method: Method,
     pub validation_url: Option<String>,
     pub locale: Option<String>,
-    pub mail_kind: Option<String>,
+    /// (None for a login from before resends existed.)
+    pub mail_kind: Option<MailKind>,
     pub created_at: UnixMillis,
+}
+
+#[derive(FromRow)]
+struct PendingRow {
+    email: String,
+    #[sqlx(try_from = "String")]
+    method: Method,
+    validation_url: Option<String>,
+    locale: Option<String>,
+    mail_kind: Option<String>,
+    created_at: UnixMillis,
 }
 
 /// A user's login session, as listed.
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
 pub struct SessionRow {
     pub id: String,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: SessionStage,
     pub end_reason: Option<String>,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
@@ -77,7 +90,8 @@ pub struct LinkedSession {
 /// The state of a session, for explaining a refused attempt.
 #[derive(Debug, FromRow)]
 pub struct SessionStatus {
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: SessionStage,
     pub end_reason: Option<String>,
     pub proof_expires_at: UnixMillis,
 }
@@ -96,27 +110,38 @@ pub struct RotatedRefreshToken {
     pub session_id: String,
     pub rotated_at: Option<UnixMillis>,
     pub successor_sealed: Option<Vec<u8>>,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: SessionStage,
     pub user_id: Option<String>,
     pub email: String,
     pub expires_at: Option<UnixMillis>,
 }
 
-/// Why a session ended (stored in `end_reason`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionEnd {
-    Revoked,
-    TooManyAttempts,
-    RefreshTokenReused,
+stored_enum! {
+    /// Why a session ended (stored in `end_reason`).
+    pub enum SessionEnd {
+        Revoked = "revoked",
+        TooManyAttempts = "too_many_attempts",
+        RefreshTokenReused = "refresh_token_reused",
+    }
 }
 
-impl SessionEnd {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Revoked => "revoked",
-            Self::TooManyAttempts => "too_many_attempts",
-            Self::RefreshTokenReused => "refresh_token_reused",
-        }
+stored_enum! {
+    /// Where a session is in its life (`state`).
+    pub enum SessionStage {
+        /// Started; its proof not yet verified.
+        Pending = "pending",
+        Active = "active",
+        Ended = "ended",
+    }
+}
+
+stored_enum! {
+    /// How the user proves they own the address (`method`).
+    pub enum Method {
+        Code = "code",
+        Link = "link",
+        CodeAndLink = "code_and_link",
     }
 }
 
@@ -207,7 +232,7 @@ impl Tx {
                 .bind(s.id)
                 .bind(s.tenant_id)
                 .bind(s.email)
-                .bind(s.method)
+                .bind(s.method.as_str())
                 .bind(s.code_hash)
                 .bind(s.link_hash)
                 .bind(s.proof_expires_at)
@@ -216,7 +241,7 @@ impl Tx {
                 .bind(s.created_at)
                 .bind(s.validation_url)
                 .bind(s.locale)
-                .bind(s.mail_kind)
+                .bind(s.mail_kind.as_str())
                 .execute(conn)
                 .await
                 .map(|r| r.rows_affected())
@@ -251,13 +276,28 @@ impl Tx {
         tenant_id: &str,
         session_id: &str,
     ) -> Result<Option<PendingSession>> {
-        Ok(on_tx!(self, "lock_pending_session", |conn| {
-            sqlx::query_as::<_, PendingSession>(LOCK_PENDING)
+        let row = on_tx!(self, "lock_pending_session", |conn| {
+            sqlx::query_as::<_, PendingRow>(LOCK_PENDING)
                 .bind(session_id)
                 .bind(tenant_id)
                 .fetch_optional(conn)
                 .await
-        })?)
+        })?;
+        row.map(|r| {
+            Ok(PendingSession {
+                mail_kind: r
+                    .mail_kind
+                    .map(MailKind::try_from)
+                    .transpose()
+                    .map_err(decode_error)?,
+                email: r.email,
+                method: r.method,
+                validation_url: r.validation_url,
+                locale: r.locale,
+                created_at: r.created_at,
+            })
+        })
+        .transpose()
     }
 
     /// Replaces a pending session's proofs (the old ones stop working).
@@ -288,7 +328,7 @@ impl Tx {
         &mut self,
         tenant_id: &str,
         user_id: &str,
-        except: &str,
+        except: Option<&str>,
         reason: SessionEnd,
         now: UnixMillis,
     ) -> Result<u64> {
@@ -296,7 +336,8 @@ impl Tx {
             sqlx::query(END_USER_SESSIONS)
                 .bind(tenant_id)
                 .bind(user_id)
-                .bind(except)
+                // (No session id is empty: `<> ''` excepts none.)
+                .bind(except.unwrap_or(""))
                 .bind(reason.as_str())
                 .bind(now)
                 .execute(conn)
@@ -541,14 +582,21 @@ impl Store {
         &self,
         tenant_id: &str,
         session_id: &str,
-    ) -> Result<Option<(String, Option<UnixMillis>)>> {
-        Ok(on_pool!(self, "session_state", |pool| {
+    ) -> Result<Option<(SessionStage, Option<UnixMillis>)>> {
+        let row = on_pool!(self, "session_state", |pool| {
             sqlx::query_as::<_, (String, Option<UnixMillis>)>(SESSION_STATE)
                 .bind(session_id)
                 .bind(tenant_id)
                 .fetch_optional(pool)
                 .await
-        })?)
+        })?;
+        row.map(|(state, expires_at)| {
+            Ok((
+                SessionStage::try_from(state).map_err(decode_error)?,
+                expires_at,
+            ))
+        })
+        .transpose()
     }
 
     /// A refresh token with its session, for explaining a refused rotation.
