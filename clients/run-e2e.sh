@@ -3,7 +3,7 @@
 # binary (build it first: `cargo build`) on free loopback ports, with a fresh
 # data dir (SQLite, dev mailbox: emails land in $LATCHKEY_DATA_DIR/mailbox).
 #
-#   clients/run-e2e.sh [python] [typescript]     (default: every client)
+#   clients/run-e2e.sh [python] [typescript] [go]     (default: every client)
 #
 # The tests find the server through LATCHKEY_E2E_* variables, and run
 # `latchkey keys rotate` with the same LATCHKEY_* settings as the server.
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 root="$PWD"
 
 clients=("$@")
-[ ${#clients[@]} -gt 0 ] || clients=(python typescript)
+[ ${#clients[@]} -gt 0 ] || clients=(python typescript go)
 
 work="$(mktemp -d)"
 server=""
@@ -76,6 +76,7 @@ for client in "${clients[@]}"; do
     case "$client" in
         python) (cd clients/python && python3 -m pytest -q -p no:cacheprovider) || status=1 ;;
         typescript) (cd clients/typescript && npm test) || status=1 ;;
+        go) clients/go/go.sh test -count=1 -tags e2e ./... || status=1 ;;
         *) echo "unknown client $client" >&2; status=1 ;;
     esac
 done
