@@ -2,7 +2,8 @@
 //! descriptors the service is built from: the message schemas follow the
 //! proto3 JSON mapping pbjson implements, and their descriptions are the
 //! proto comments. `latchkey openapi` prints it; `docs/openapi.json` is that
-//! output, and a test keeps the two equal.
+//! output, and a test keeps the two equal. Its RPC operations are the rows
+//! of [`crate::gateway_rpcs!`].
 
 use std::collections::BTreeMap;
 
@@ -13,89 +14,10 @@ use prost_types::{
 };
 use serde_json::{Value, json};
 
+use super::rpcs::GATEWAY_RPCS;
 use crate::proto::FILE_DESCRIPTOR_SET;
 
 const AUTH_PROTO: &str = "latchkey/v1/auth.proto";
-
-/// One HTTP operation of the gateway.
-struct Operation {
-    method: &'static str,
-    path: &'static str,
-    /// The AuthService RPC it carries (request and response types, docs).
-    rpc: &'static str,
-    errors: &'static [u16],
-}
-
-/// What every operation may answer besides success.
-const COMMON_ERRORS: &[u16] = &[400, 401, 403, 413, 415, 500, 503];
-
-/// Every RPC-backed route; [`crate::api::rest::router`] serves exactly these
-/// plus the fixed routes below (a test checks both ways).
-const OPERATIONS: [Operation; 9] = [
-    Operation {
-        method: "post",
-        path: "/auth/start",
-        rpc: "StartAuth",
-        errors: &[400, 401, 403, 413, 415, 422, 429, 500, 503],
-    },
-    Operation {
-        method: "post",
-        path: "/auth/verify",
-        rpc: "Verify",
-        errors: &[400, 401, 403, 413, 415, 429, 500, 503],
-    },
-    Operation {
-        method: "post",
-        path: "/auth/refresh",
-        rpc: "Refresh",
-        errors: COMMON_ERRORS,
-    },
-    Operation {
-        method: "post",
-        path: "/auth/revoke",
-        rpc: "Revoke",
-        errors: COMMON_ERRORS,
-    },
-    Operation {
-        method: "post",
-        path: "/auth/resend",
-        rpc: "ResendCode",
-        errors: &[400, 401, 403, 413, 415, 429, 500, 503],
-    },
-    Operation {
-        method: "post",
-        path: "/sessions/list",
-        rpc: "ListSessions",
-        errors: COMMON_ERRORS,
-    },
-    Operation {
-        method: "post",
-        path: "/sessions/revoke",
-        rpc: "RevokeSession",
-        errors: COMMON_ERRORS,
-    },
-    Operation {
-        method: "post",
-        path: "/sessions/revoke-all",
-        rpc: "RevokeAllSessions",
-        errors: COMMON_ERRORS,
-    },
-    Operation {
-        method: "post",
-        path: "/tokens/introspect",
-        rpc: "IntrospectToken",
-        errors: COMMON_ERRORS,
-    },
-];
-
-/// A gateway path's route (as a static string) and the AuthService RPC it
-/// carries.
-pub fn rpc_of_path(path: &str) -> Option<(&'static str, &'static str)> {
-    OPERATIONS
-        .iter()
-        .find(|op| op.path == path)
-        .map(|op| (op.path, op.rpc))
-}
 
 /// What the server checks about request fields, for the document (the proto
 /// cannot say it). The server enforces more than this (an address must also
@@ -464,15 +386,15 @@ pub fn document() -> Value {
     );
 
     let mut paths = serde_json::Map::new();
-    for op in &OPERATIONS {
+    for op in GATEWAY_RPCS {
         let mut responses = serde_json::Map::new();
         let (input, output) = d.rpc_types(op.rpc);
         let mut ok = json_body(schema_ref(output));
         ok["description"] = "Success.".into();
         responses.insert("200".into(), ok);
-        for status in op.errors {
+        for status in op.errors() {
             let mut error = json_body(schema_ref("Error"));
-            error["description"] = error_description(*status).into();
+            error["description"] = error_description(status).into();
             responses.insert(status.to_string(), error);
         }
         if let Some(limited) = responses.get_mut("429") {
@@ -499,7 +421,7 @@ pub fn document() -> Value {
                 "schema": { "type": "string", "maxLength": 255, "pattern": "^[!-~]*$" }
             }]);
         }
-        paths.insert(op.path.into(), json!({ op.method: operation }));
+        paths.insert(op.path.into(), json!({ "post": operation }));
     }
     let jwks_operation = |operation_id: &str, summary: &str| {
         json!({ "get": {
