@@ -15,9 +15,15 @@ use prost_types::{
 use serde_json::{Value, json};
 
 use super::rpcs::GATEWAY_RPCS;
-use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::{
+    auth::{self, email, secrets, sessions},
+    proto::FILE_DESCRIPTOR_SET,
+};
 
 const AUTH_PROTO: &str = "latchkey/v1/auth.proto";
+
+/// Printable ASCII, the characters of an idempotency key.
+const PRINTABLE_ASCII: &str = "^[!-~]*$";
 
 /// What the server checks about request fields, for the document (the proto
 /// cannot say it). The server enforces more than this (an address must also
@@ -28,12 +34,13 @@ fn request_constraints(message: &str) -> Vec<(&'static str, Value)> {
         "StartAuthRequest" => vec![
             (
                 "email",
-                json!({ "format": "email", "minLength": 3, "maxLength": 254 }),
+                // The shortest address: `a@b`.
+                json!({ "format": "email", "minLength": 3, "maxLength": email::MAX_EMAIL_LEN }),
             ),
-            ("validationUrl", json!({ "maxLength": 2048 })),
+            ("validationUrl", json!({ "maxLength": auth::MAX_URL_LEN })),
             (
                 "idempotencyKey",
-                json!({ "maxLength": 255, "pattern": "^[!-~]*$" }),
+                json!({ "maxLength": auth::MAX_IDEMPOTENCY_KEY_LEN, "pattern": PRINTABLE_ASCII }),
             ),
         ],
         "ClientInfo" => vec![
@@ -41,10 +48,16 @@ fn request_constraints(message: &str) -> Vec<(&'static str, Value)> {
                 "ip",
                 json!({ "anyOf": [{ "const": "" }, { "format": "ipv4" }, { "format": "ipv6" }] }),
             ),
-            ("userAgent", json!({ "maxLength": 512 })),
+            (
+                "userAgent",
+                json!({ "maxLength": auth::MAX_USER_AGENT_LEN }),
+            ),
         ],
         "VerifyRequest" => vec![
-            ("code", json!({ "maxLength": 10, "pattern": "^[0-9]*$" })),
+            (
+                "code",
+                json!({ "maxLength": auth::MAX_CODE_LENGTH, "pattern": "^[0-9]*$" }),
+            ),
             (
                 "sessionId",
                 json!({ "anyOf": [{ "const": "" }, { "format": "uuid" }] }),
@@ -52,7 +65,7 @@ fn request_constraints(message: &str) -> Vec<(&'static str, Value)> {
         ],
         "RefreshRequest" => vec![(
             "refreshToken",
-            json!({ "pattern": "^lkr_[A-Za-z0-9_-]{43}$" }),
+            json!({ "pattern": format!("^{}$", refresh_token_pattern()) }),
         )],
         "ResendCodeRequest" | "RevokeSessionRequest" => {
             vec![("sessionId", json!({ "format": "uuid" }))]
@@ -65,11 +78,14 @@ fn request_constraints(message: &str) -> Vec<(&'static str, Value)> {
                 json!({ "anyOf": [{ "const": "" }, { "format": "uuid" }] }),
             ),
         ],
-        "IntrospectTokenRequest" => vec![("token", json!({ "minLength": 1, "maxLength": 8192 }))],
+        "IntrospectTokenRequest" => vec![(
+            "token",
+            json!({ "minLength": 1, "maxLength": sessions::MAX_TOKEN_LEN }),
+        )],
         "RevokeRequest" => vec![
             (
                 "refreshToken",
-                json!({ "pattern": "^(lkr_[A-Za-z0-9_-]{43})?$" }),
+                json!({ "pattern": format!("^({})?$", refresh_token_pattern()) }),
             ),
             (
                 "sessionId",
@@ -78,6 +94,15 @@ fn request_constraints(message: &str) -> Vec<(&'static str, Value)> {
         ],
         _ => Vec::new(),
     }
+}
+
+/// A refresh token (unanchored): its prefix and 256 bits in base64url.
+fn refresh_token_pattern() -> String {
+    format!(
+        "{}[A-Za-z0-9_-]{{{}}}",
+        secrets::REFRESH_PREFIX,
+        secrets::TOKEN_B64_LEN
+    )
 }
 
 /// Request fields without which the server always answers 400.
@@ -418,7 +443,11 @@ pub fn document() -> Value {
             operation["parameters"] = json!([{
                 "name": "Idempotency-Key", "in": "header", "required": false,
                 "description": "The same as the body's `idempotencyKey` (give either, or both equal).",
-                "schema": { "type": "string", "maxLength": 255, "pattern": "^[!-~]*$" }
+                "schema": {
+                    "type": "string",
+                    "maxLength": auth::MAX_IDEMPOTENCY_KEY_LEN,
+                    "pattern": PRINTABLE_ASCII
+                }
             }]);
         }
         paths.insert(op.path.into(), json!({ "post": operation }));
