@@ -154,7 +154,7 @@ macro_rules! auth_service {
                 reply(self.api.$method(&tenant, request.into_inner()).await)
             })+
 
-            /// Public: see [`GrpcAuth::jwks`].
+            /// Public: see `GrpcAuth::jwks`.
             async fn get_jwks(
                 &self,
                 request: Request<proto::GetJwksRequest>,

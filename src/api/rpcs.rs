@@ -1,7 +1,7 @@
 //! The AuthService RPCs that act for an authenticated caller, declared once.
 //! The gRPC service ([`super::grpc`]), the gateway's routes
 //! ([`super::rest::router`]), its OpenAPI operations ([`super::openapi`]) and
-//! the integration tests' client are all generated from [`gateway_rpcs!`].
+//! the integration tests' client are all generated from [`crate::gateway_rpcs!`].
 
 /// The table of AuthService RPCs served on both transports behind an app API
 /// key. `gateway_rpcs!(callback)` expands to `callback! { rows }`, one row
@@ -50,7 +50,7 @@ macro_rules! gateway_rpcs {
 /// database.
 pub const COMMON_ERRORS: &[u16] = &[400, 401, 403, 413, 415, 500, 503];
 
-/// One row of [`gateway_rpcs!`] as data.
+/// One row of [`crate::gateway_rpcs!`] as data.
 #[derive(Clone, Copy, Debug)]
 pub struct GatewayRpc {
     /// The RPC's name in the proto (`StartAuth`).
@@ -64,7 +64,7 @@ pub struct GatewayRpc {
 macro_rules! rows_as_data {
     ($($method:ident $rpc:ident($req:ident) -> $resp:ident at $path:literal
         also [$($status:literal),*] $(with $hook:path)?;)+) => {
-        /// Every row of [`gateway_rpcs!`], in its order.
+        /// Every row of [`crate::gateway_rpcs!`], in its order.
         pub const GATEWAY_RPCS: &[GatewayRpc] = &[$(GatewayRpc {
             rpc: stringify!($rpc),
             path: $path,
