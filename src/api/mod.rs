@@ -8,6 +8,7 @@ pub mod admin;
 pub mod grpc;
 pub mod openapi;
 pub mod rest;
+pub mod rpcs;
 
 use std::{
     collections::HashMap,

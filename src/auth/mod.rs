@@ -46,6 +46,10 @@ pub const DEFAULT_TENANT: &str = "default";
 pub const MAX_USER_AGENT_LEN: usize = 512;
 /// Longest accepted `validation_url`.
 pub const MAX_URL_LEN: usize = 2048;
+/// Longest accepted `idempotency_key` (printable ASCII).
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Longest one-time code a policy may ask for.
+pub const MAX_CODE_LENGTH: u8 = 10;
 
 /// The end user's client as the calling backend saw it (both optional).
 #[derive(Clone, Debug, Default)]

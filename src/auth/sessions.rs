@@ -58,7 +58,7 @@ pub struct Introspection {
 }
 
 /// Longest token IntrospectToken reads (ours are well under 1 KiB).
-const MAX_TOKEN_LEN: usize = 8 * 1024;
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 impl AuthService {
     /// A user's sessions in the caller's tenant, newest first. An unknown
