@@ -2,22 +2,22 @@
 //! administration of signing keys, tenants and API keys (straight on the
 //! database; running servers pick changes up within a second).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{
-        DEFAULT_TENANT, Policy,
+        DEFAULT_TENANT,
         admin::{Admin, ApiKeyInfo},
         apikeys::Scope,
         keys,
-        tenants::{SETTING_NAMES, SignupPolicy, Tenant, TenantSettings, Tenants},
+        tenants::{SETTING_NAMES, Tenant, TenantSettings, Tenants},
     },
     clock::Clock,
     config::{
         ApikeyCommand, Cli, Command, EmailCommand, EmailPart, EmailPurpose, KeysCommand,
-        OutboxCommand, Settings, SignupPolicyArg, TenantCommand, TenantSettingsArgs,
+        OutboxCommand, Settings, TenantCommand,
     },
     server::{self, Server},
 };
@@ -89,7 +89,7 @@ async fn keys_command(settings: Settings, command: KeysCommand) -> anyhow::Resul
                      it; tokens it signs may be rejected until they refresh their JWKS"
                 );
             }
-            let tenants = Tenants::load(store.clone(), Policy::from_settings(&settings)).await?;
+            let tenants = Tenants::load(store.clone(), settings.default_policy()).await?;
             let chosen: Vec<Arc<Tenant>> = if all_tenants {
                 tenants.all()
             } else {
@@ -186,7 +186,7 @@ fn rfc3339(ms: i64) -> String {
 /// The admin operations straight on the database named by the settings.
 async fn admin(settings: &Settings) -> anyhow::Result<Admin> {
     let store = server::open_store(settings).await?;
-    let tenants = Tenants::load(store.clone(), Policy::from_settings(settings)).await?;
+    let tenants = Tenants::load(store.clone(), settings.default_policy()).await?;
     Ok(Admin::new(store, tenants, None, Clock::system()))
 }
 
@@ -198,7 +198,7 @@ async fn tenant_command(settings: Settings, command: TenantCommand) -> anyhow::R
                 .create_tenant(
                     id.as_deref().unwrap_or_default(),
                     &name,
-                    settings_from_args(*settings),
+                    settings.into_settings(),
                 )
                 .await?;
             println!("created tenant {} ({})", t.id, t.name);
@@ -226,7 +226,7 @@ async fn tenant_command(settings: Settings, command: TenantCommand) -> anyhow::R
             clear,
         } => {
             let t = admin
-                .update_tenant(&id, name.as_deref(), &settings_from_args(*settings), &clear)
+                .update_tenant(&id, name.as_deref(), &settings.into_settings(), &clear)
                 .await?;
             print_tenant(&t);
         }
@@ -247,7 +247,8 @@ const NOT_WRITTEN_BY_THE_OLD_CLI: [&str; 4] = [
 
 fn written_by_the_old_cli() -> impl Iterator<Item = &'static str> {
     SETTING_NAMES
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|name| !NOT_WRITTEN_BY_THE_OLD_CLI.contains(name))
 }
 
@@ -327,33 +328,6 @@ fn jwks_path(tenant_id: &str) -> String {
         "/.well-known/jwks.json".to_owned()
     } else {
         format!("/tenants/{tenant_id}/.well-known/jwks.json")
-    }
-}
-
-fn settings_from_args(a: TenantSettingsArgs) -> TenantSettings {
-    let secs = |d: Option<Duration>| d.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
-    TenantSettings {
-        issuer: a.issuer,
-        audience: a.audience,
-        access_token_ttl_seconds: secs(a.access_token_ttl),
-        session_ttl_seconds: secs(a.session_ttl),
-        code_length: a.code_length,
-        code_ttl_seconds: secs(a.code_ttl),
-        code_max_attempts: a.code_max_attempts,
-        mail_from: a.mail_from,
-        app_name: a.app_name,
-        allowed_validation_urls: Some(a.allowed_validation_urls).filter(|v| !v.is_empty()),
-        default_locale: a.default_locale,
-        signup_policy: a.signup_policy.map(|p| match p {
-            SignupPolicyArg::LoginOrCreate => SignupPolicy::LoginOrCreate,
-            SignupPolicyArg::LoginOnly => SignupPolicy::LoginOnly,
-        }),
-        notify_unknown_address: a.notify_unknown_address,
-        default_validation_url: a.default_validation_url,
-        rate_limit_email: a.rate_limit_email,
-        rate_limit_ip: a.rate_limit_ip,
-        rate_limit_tenant: a.rate_limit_tenant,
-        verify_failure_budget: a.verify_failure_budget,
     }
 }
 

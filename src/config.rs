@@ -6,6 +6,12 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::{
+    Policy,
+    keys::SigningAlg,
+    tenants::{SignupPolicy, TenantSettings},
+};
+
 /// A secret setting: its `Debug` output is redacted so it never reaches logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -99,8 +105,9 @@ pub enum KeysCommand {
         /// longer than any verifier's JWKS cache lifetime.
         #[arg(long, env = "LATCHKEY_KEY_ACTIVATION_DELAY", default_value = "1h", value_parser = duration_or_zero)]
         activate_in: Duration,
-        /// Algorithm of the new key (default: `--signing-alg`).
-        #[arg(long)]
+        /// Algorithm of the new key: EdDSA, ES256 or RS256 (default:
+        /// `--signing-alg`).
+        #[arg(long, value_parser = signing_alg)]
         alg: Option<SigningAlg>,
     },
     /// List a tenant's signing keys and their state.
@@ -147,61 +154,55 @@ pub enum TenantCommand {
     },
 }
 
-/// A tenant's overrides of the server defaults (absent: inherit). The ids
-/// differ from the server settings' of the same flag name, so a value of the
-/// server setting (its default or its `LATCHKEY_*` variable) can never be
-/// taken for one the operator typed here.
-#[derive(Debug, Args, Default)]
-pub struct TenantSettingsArgs {
-    #[arg(long = "issuer", id = "tenant_issuer")]
-    pub issuer: Option<String>,
-    #[arg(long = "audience", id = "tenant_audience")]
-    pub audience: Option<String>,
-    #[arg(long = "access-token-ttl", id = "tenant_access_token_ttl", value_parser = duration)]
-    pub access_token_ttl: Option<Duration>,
-    #[arg(long = "session-ttl", id = "tenant_session_ttl", value_parser = duration)]
-    pub session_ttl: Option<Duration>,
-    #[arg(long = "code-length", id = "tenant_code_length")]
-    pub code_length: Option<u8>,
-    #[arg(long = "code-ttl", id = "tenant_code_ttl", value_parser = duration)]
-    pub code_ttl: Option<Duration>,
-    #[arg(long = "code-max-attempts", id = "tenant_code_max_attempts")]
-    pub code_max_attempts: Option<u32>,
-    #[arg(long = "mail-from", id = "tenant_mail_from")]
-    pub mail_from: Option<String>,
-    #[arg(long = "app-name", id = "tenant_app_name")]
-    pub app_name: Option<String>,
-    /// Where magic links may point (repeatable; replaces the list).
-    #[arg(long = "allowed-validation-url", id = "tenant_allowed_validation_urls")]
-    pub allowed_validation_urls: Vec<String>,
-    #[arg(long = "default-locale", id = "tenant_default_locale")]
-    pub default_locale: Option<String>,
-    #[arg(long = "signup-policy", id = "tenant_signup_policy")]
-    pub signup_policy: Option<SignupPolicyArg>,
-    /// With login-only: email a "no account" notice to unknown addresses.
-    #[arg(long = "notify-unknown-address", id = "tenant_notify_unknown_address")]
-    pub notify_unknown_address: Option<bool>,
-    /// The validation URL for a StartAuth that names none.
-    #[arg(long = "default-validation-url", id = "tenant_default_validation_url")]
-    pub default_validation_url: Option<String>,
-    /// Sign-in emails per address per rate-limit window (0: none).
-    #[arg(long = "rate-limit-email", id = "tenant_rate_limit_email")]
-    pub rate_limit_email: Option<u32>,
-    /// StartAuth calls per client IP per window (0: none).
-    #[arg(long = "rate-limit-ip", id = "tenant_rate_limit_ip")]
-    pub rate_limit_ip: Option<u32>,
-    /// Sign-in emails for the whole tenant per minute (0: none).
-    #[arg(long = "rate-limit-tenant", id = "tenant_rate_limit_tenant")]
-    pub rate_limit_tenant: Option<u32>,
-    /// Wrong codes per address per hour before backoff (0: none).
-    #[arg(long = "verify-failure-budget", id = "tenant_verify_failure_budget")]
-    pub verify_failure_budget: Option<u32>,
+/// The value parser of a tenant setting's flag, by the setting's kind.
+macro_rules! tenant_setting_parser {
+    (seconds, $ty:ty) => {
+        seconds
+    };
+    (choice, $ty:ty) => {
+        |s: &str| s.parse::<$ty>()
+    };
+    (list, $ty:ty) => {
+        clap::value_parser!(String)
+    };
+    ($kind:ident, $ty:ty) => {
+        clap::value_parser!($ty)
+    };
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SignupPolicyArg {
-    LoginOrCreate,
-    LoginOnly,
+/// The `tenant create|update` flags, one per row of the tenant settings
+/// table (`auth::settings`).
+macro_rules! define_tenant_setting_args {
+    ($($(#[doc = $doc:literal])* $name:ident: $ty:ty as $kind:ident = $flag:literal => $rule:expr;)+) => {
+        /// A tenant's overrides of the server defaults (absent: inherit). The
+        /// ids differ from the server settings' of the same flag name, so a
+        /// value of the server setting (its default or its `LATCHKEY_*`
+        /// variable) can never be taken for one the operator typed here.
+        #[derive(Debug, Args, Default)]
+        pub struct TenantSettingsArgs {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long = $flag, id = concat!("tenant_", stringify!($name)),
+                      value_parser = tenant_setting_parser!($kind, $ty))]
+                pub $name: Option<$ty>,
+            )+
+        }
+
+        impl TenantSettingsArgs {
+            /// The settings typed.
+            pub fn into_settings(self) -> TenantSettings {
+                TenantSettings { $($name: self.$name,)+ }
+            }
+        }
+    };
+}
+
+crate::auth::settings::with_tenant_settings!(define_tenant_setting_args);
+
+/// A duration flag of a tenant setting, in whole seconds.
+fn seconds(s: &str) -> Result<u32, String> {
+    let d = duration(s)?;
+    Ok(u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
 #[derive(Debug, Subcommand)]
@@ -275,38 +276,6 @@ pub enum OutboxCommand {
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },
-}
-
-/// JWT signature algorithms for access tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SigningAlg {
-    /// Ed25519 (fast, small; the default).
-    #[value(name = "EdDSA", alias = "eddsa")]
-    EdDSA,
-    /// ECDSA with P-256 and SHA-256.
-    #[value(name = "ES256", alias = "es256")]
-    ES256,
-    /// RSASSA-PKCS1-v1_5 with a 2048-bit key and SHA-256 (for verifiers that
-    /// know nothing else).
-    #[value(name = "RS256", alias = "rs256")]
-    RS256,
-}
-
-impl SigningAlg {
-    /// The JOSE `alg` name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::EdDSA => "EdDSA",
-            Self::ES256 => "ES256",
-            Self::RS256 => "RS256",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Self::EdDSA, Self::ES256, Self::RS256]
-            .into_iter()
-            .find(|alg| alg.as_str() == name)
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -486,11 +455,14 @@ pub struct Settings {
     #[arg(long, env = "LATCHKEY_AUDIENCE", default_value = "latchkey")]
     pub audience: String,
 
-    /// Algorithm of newly generated signing keys.
+    /// Algorithm of newly generated signing keys: EdDSA (Ed25519, fast and
+    /// small), ES256 (ECDSA P-256) or RS256 (RSA 2048, for verifiers that
+    /// know nothing else).
     #[arg(
         long,
         env = "LATCHKEY_SIGNING_ALG",
         default_value = "EdDSA",
+        value_parser = signing_alg,
         global = true
     )]
     pub signing_alg: SigningAlg,
@@ -636,6 +608,43 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The server defaults as the policy every tenant starts from.
+    pub fn default_policy(&self) -> Policy {
+        let s = self;
+        Policy {
+            issuer: s.issuer.clone(),
+            audience: s.audience.clone(),
+            access_token_ttl: s.access_token_ttl,
+            session_ttl: s.session_ttl,
+            refresh_reuse_grace: s.refresh_reuse_grace,
+            code_length: s.code_length,
+            code_ttl: s.code_ttl,
+            code_max_age: s.code_max_age,
+            code_max_attempts: s.code_max_attempts,
+            mail_from: s.mail_from.clone(),
+            app_name: s.app_name.clone(),
+            // (Checked by Settings::validate.)
+            allowed_validation_urls: crate::auth::links::Allowlist::parse(
+                &s.allowed_validation_urls,
+            )
+            .unwrap_or_default(),
+            default_validation_url: s.default_validation_url.clone(),
+            default_locale: s.default_locale.clone(),
+            signup_policy: SignupPolicy::LoginOrCreate,
+            notify_unknown_address: false,
+            limits: crate::auth::limits::Limits {
+                window: s.rate_limit_window,
+                per_email: s.rate_limit_email,
+                per_ip: s.rate_limit_ip,
+                per_tenant_minute: s.rate_limit_tenant,
+                failure_budget: s.verify_failure_budget,
+                backoff_max: s.verify_backoff_max,
+            },
+        }
+    }
+}
+
+impl Settings {
     /// The defaults, as `cargo run` with no flags and no environment sees them
     /// (environment variables are ignored here).
     pub fn defaults() -> Self {
@@ -668,12 +677,21 @@ impl Settings {
     /// The error names the setting at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |setting: &'static str, reason: String| Err(ConfigError { setting, reason });
-        if self.issuer.trim().is_empty() {
-            return fail("LATCHKEY_ISSUER (--issuer)", "must not be empty".into());
-        }
-        if self.audience.trim().is_empty() {
-            return fail("LATCHKEY_AUDIENCE (--audience)", "must not be empty".into());
-        }
+        // The format checks a tenant's own values get (auth::settings);
+        // the numeric ranges of server defaults are the flags' own.
+        use crate::auth::settings::{check_app_name, check_locale, check_mailbox, check_text};
+        let check = |setting: &'static str, result: Result<(), String>| {
+            result.map_err(|reason| ConfigError { setting, reason })
+        };
+        check("LATCHKEY_ISSUER (--issuer)", check_text(&self.issuer, 512))?;
+        check(
+            "LATCHKEY_AUDIENCE (--audience)",
+            check_text(&self.audience, 512),
+        )?;
+        check(
+            "LATCHKEY_APP_NAME (--app-name)",
+            check_app_name(&self.app_name),
+        )?;
         if self.access_token_ttl > self.session_ttl {
             return fail(
                 "LATCHKEY_ACCESS_TOKEN_TTL (--access-token-ttl)",
@@ -745,24 +763,20 @@ impl Settings {
                 );
             }
         }
-        if !crate::auth::links::is_locale(&self.default_locale) {
-            return fail(
-                "LATCHKEY_DEFAULT_LOCALE (--default-locale)",
-                "must be a language tag like `en` or `pt-BR`".into(),
-            );
-        }
+        check(
+            "LATCHKEY_DEFAULT_LOCALE (--default-locale)",
+            check_locale(&self.default_locale),
+        )?;
         if self.outbox_retry_base > self.outbox_retry_max {
             return fail(
                 "LATCHKEY_OUTBOX_RETRY_BASE (--outbox-retry-base)",
                 "must not be longer than LATCHKEY_OUTBOX_RETRY_MAX".into(),
             );
         }
-        if let Err(e) = self.mail_from.parse::<lettre::message::Mailbox>() {
-            return fail(
-                "LATCHKEY_MAIL_FROM (--mail-from)",
-                format!("not a valid mailbox ({e}); expected e.g. `App <no-reply@example.com>`"),
-            );
-        }
+        check(
+            "LATCHKEY_MAIL_FROM (--mail-from)",
+            check_mailbox(&self.mail_from),
+        )?;
         let url = self.database_url();
         if !(url.starts_with("postgres://")
             || url.starts_with("postgresql://")
@@ -795,6 +809,14 @@ pub struct ConfigError {
 }
 
 /// Parses a positive human duration such as `15m`, `10s` or `30days`.
+fn signing_alg(s: &str) -> Result<SigningAlg, String> {
+    SigningAlg::ALL
+        .iter()
+        .copied()
+        .find(|alg| alg.as_str().eq_ignore_ascii_case(s))
+        .ok_or_else(|| format!("{s:?} is not one of EdDSA, ES256, RS256"))
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     let d = duration_or_zero(s)?;
     if d.is_zero() {

@@ -17,7 +17,7 @@ use crate::{
         openapi, rest,
     },
     auth::{
-        AuthService, Parts, Policy,
+        AuthService, Parts,
         admin::{Admin, Live, create_development_key},
         apikeys::ApiKeys,
         keys::KeyRings,
@@ -160,7 +160,7 @@ impl Server {
                 Transport::dev_mailbox(dir)
             }
         };
-        let defaults = Policy::from_settings(&settings);
+        let defaults = settings.default_policy();
         let tenants = Tenants::load(store.clone(), defaults)
             .await
             .context("loading the tenants")?;

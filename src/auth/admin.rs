@@ -327,7 +327,7 @@ fn validate_name<'a>(field: &'static str, name: &'a str) -> Result<&'a str, Auth
 
 /// For `clear_settings` validation messages.
 pub fn setting_names() -> &'static [&'static str] {
-    &SETTING_NAMES
+    SETTING_NAMES
 }
 
 #[cfg(test)]

@@ -23,10 +23,38 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     clock::{Clock, UnixMillis, millis},
-    config::SigningAlg,
     kek::Kek,
     store::{NewSigningKey, SigningKeyRow, Store},
 };
+
+/// JWT signature algorithms for access tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SigningAlg {
+    /// Ed25519 (fast, small; the default).
+    EdDSA,
+    /// ECDSA with P-256 and SHA-256.
+    ES256,
+    /// RSASSA-PKCS1-v1_5 with a 2048-bit key and SHA-256 (for verifiers that
+    /// know nothing else).
+    RS256,
+}
+
+impl SigningAlg {
+    pub const ALL: [SigningAlg; 3] = [Self::EdDSA, Self::ES256, Self::RS256];
+
+    /// The JOSE `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|alg| alg.as_str() == name)
+    }
+}
 
 /// A public JSON Web Key (RFC 7517), as published. Fields that do not apply
 /// to the key type are empty and left out of the JSON.

@@ -16,6 +16,7 @@ pub mod payload;
 mod policy;
 pub mod secrets;
 pub mod sessions;
+pub mod settings;
 pub mod tenants;
 pub mod tokens;
 mod upkeep;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Policy, links::Allowlist, tenants::SignupPolicy};
+use super::Policy;
 use crate::error::AuthError;
 
 /// The table of tenant settings; calls `$callback!` with every row:
@@ -105,7 +105,7 @@ macro_rules! with_tenant_settings {
             };
             /// Who may sign in: `login-or-create` (the default) or
             /// `login-only`.
-            signup_policy: SignupPolicy as choice = "signup-policy" => |p, v| {
+            signup_policy: $crate::auth::tenants::SignupPolicy as choice = "signup-policy" => |p, v| {
                 p.signup_policy = *v;
                 Ok(())
             };
@@ -321,9 +321,4 @@ pub fn check_locale(v: &str) -> Result<(), String> {
         return Err("must be a language tag like `en` or `pt-BR`".into());
     }
     Ok(())
-}
-
-/// An allowlist of validation URLs.
-pub fn check_allowlist(urls: &[String]) -> Result<Allowlist, String> {
-    Allowlist::parse(urls)
 }

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
 use latchkey::{
+    auth::keys::SigningAlg,
     auth::{DEFAULT_TENANT, keys},
-    config::SigningAlg,
     server::load_kek,
 };
 

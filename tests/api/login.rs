@@ -1,5 +1,5 @@
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
-use latchkey::{config::SigningAlg, proto};
+use latchkey::{auth::keys::SigningAlg, proto};
 use serde::Deserialize;
 
 use crate::helpers::{Backend, Case, TestApp, spawn_app, spawn_app_with};
