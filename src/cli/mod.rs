@@ -2,6 +2,13 @@
 //! administration of signing keys, tenants and API keys (straight on the
 //! database; running servers pick changes up within a second).
 
+mod args;
+
+pub use args::{
+    ApikeyCommand, Cli, Command, EmailCommand, EmailPart, EmailPurpose, KeysCommand, OutboxCommand,
+    TenantCommand, TenantSettingsArgs,
+};
+
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -9,16 +16,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::{
         DEFAULT_TENANT,
-        admin::{Admin, ApiKeyInfo},
+        admin::Admin,
         apikeys::Scope,
         keys,
         tenants::{SETTING_NAMES, Tenant, TenantSettings, Tenants},
     },
     clock::Clock,
-    config::{
-        ApikeyCommand, Cli, Command, EmailCommand, EmailPart, EmailPurpose, KeysCommand,
-        OutboxCommand, Settings, TenantCommand,
-    },
+    config::Settings,
     server::{self, Server},
 };
 
@@ -100,14 +104,11 @@ async fn keys_command(settings: Settings, command: KeysCommand) -> anyhow::Resul
                 ]
             };
             for tenant in chosen {
-                // Older keys stay published until every token they may still
-                // sign has expired (this tenant's token lifetime, or the
-                // server default if that is longer: it may just have changed).
-                let longest = tenant
-                    .policy
-                    .access_token_ttl
-                    .max(settings.access_token_ttl);
-                let retire_after = keys::retirement_delay(longest, settings.key_reload_interval);
+                let retire_after = keys::retirement_delay_for(
+                    tenant.policy.access_token_ttl,
+                    settings.access_token_ttl,
+                    settings.key_reload_interval,
+                );
                 let key = keys::rotate(
                     &store,
                     &kek,
@@ -137,27 +138,14 @@ async fn keys_command(settings: Settings, command: KeysCommand) -> anyhow::Resul
                 "tenant {tenant:?} has no signing keys (yet: a server makes its first key when \
                  it loads the tenant)"
             );
-            let signer = all
-                .iter()
-                .filter(|k| k.activates_at <= now && k.published_until.is_none_or(|u| u > now))
-                .map(|k| k.generation)
-                .max();
+            let states = keys::key_states(&all, now);
             println!(
                 "{:<4} {:<6} {:<44} {:<21} {:<21} state",
                 "gen", "alg", "kid", "signs from", "published until"
             );
-            for key in all {
-                let state = if key.published_until.is_some_and(|u| u <= now) {
-                    "retired"
-                } else if Some(key.generation) == signer {
-                    "signing"
-                } else if key.activates_at > now {
-                    "pending"
-                } else {
-                    "retiring"
-                };
+            for (key, state) in all.into_iter().zip(states) {
                 println!(
-                    "{:<4} {:<6} {:<44} {:<21} {:<21} {state}",
+                    "{:<4} {:<6} {:<44} {:<21} {:<21} {}",
                     key.generation,
                     key.alg,
                     key.kid,
@@ -165,6 +153,7 @@ async fn keys_command(settings: Settings, command: KeysCommand) -> anyhow::Resul
                     key.published_until
                         .map(rfc3339)
                         .unwrap_or_else(|| "-".into()),
+                    state.as_str(),
                 );
             }
         }
@@ -370,7 +359,7 @@ async fn apikey_command(settings: Settings, command: ApikeyCommand) -> anyhow::R
                     rfc3339(k.created_at),
                     k.last_used_at.map(rfc3339).unwrap_or_else(|| "-".into()),
                     k.expires_at.map(rfc3339).unwrap_or_else(|| "-".into()),
-                    key_state(&k, now),
+                    k.state(now),
                 );
             }
         }
@@ -380,16 +369,6 @@ async fn apikey_command(settings: Settings, command: ApikeyCommand) -> anyhow::R
         }
     }
     Ok(())
-}
-
-fn key_state(k: &ApiKeyInfo, now: i64) -> &'static str {
-    if k.revoked_at.is_some() {
-        "revoked"
-    } else if k.expires_at.is_some_and(|e| e <= now) {
-        "expired"
-    } else {
-        "active"
-    }
 }
 
 async fn outbox_command(settings: Settings, command: OutboxCommand) -> anyhow::Result<()> {
