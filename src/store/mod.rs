@@ -46,6 +46,7 @@ mod addresses;
 mod keys;
 mod limits;
 mod outbox;
+mod refresh_tokens;
 mod sessions;
 mod tenants;
 
@@ -65,9 +66,10 @@ pub use outbox::{
     ClaimedMail, MailKind, NewMail, OUTBOX_CHANNEL, OutboxCounts, OutboxListener, OutboxRow,
     Outcome, PLAN_CHECKED_STATEMENTS,
 };
+pub use refresh_tokens::{ActiveSession, RotatedRefreshToken};
 pub use sessions::{
-    ActiveSession, CodeAttempt, LinkedSession, Method, NewSession, PendingSession,
-    RotatedRefreshToken, SessionEnd, SessionRow, SessionStage, SessionStatus, UserRow,
+    CodeAttempt, LinkedSession, Method, NewSession, PendingSession, SessionEnd, SessionRow,
+    SessionStage, SessionStatus, UserRow,
 };
 pub use tenants::{ApiKeyRow, Counter, TenantRow};
 
