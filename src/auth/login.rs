@@ -69,15 +69,7 @@ impl AuthService {
             None => policy.default_validation_url.as_deref(),
             given => given,
         };
-        let validation_url = match validation_url {
-            Some(url) => Some(
-                policy
-                    .allowed_validation_urls
-                    .check(url)
-                    .map_err(AuthError::ValidationUrlNotAllowed)?,
-            ),
-            None => None,
-        };
+        let validation_url = allowed_url(policy, validation_url)?;
         let method = req.method.unwrap_or(if validation_url.is_some() {
             Method::CodeAndLink
         } else {
@@ -240,15 +232,7 @@ impl AuthService {
         self.check_limits(&mut tx, tenant, &counters, now).await?;
         let (wants_code, wants_link) = proofs_of(pending.method);
         // The URL must still be allowed (the allowlist may have changed).
-        let validation_url = match pending.validation_url.as_deref() {
-            Some(u) => Some(
-                policy
-                    .allowed_validation_urls
-                    .check(u)
-                    .map_err(AuthError::ValidationUrlNotAllowed)?,
-            ),
-            None => None,
-        };
+        let validation_url = allowed_url(policy, pending.validation_url.as_deref())?;
         let proofs = self.new_proofs(
             policy,
             &session_id,
@@ -453,4 +437,15 @@ fn proofs_of(method: Method) -> (bool, bool) {
         Method::Link => (false, true),
         Method::CodeAndLink => (true, true),
     }
+}
+
+/// A validation URL, checked against the tenant's allowlist.
+fn allowed_url(policy: &Policy, url: Option<&str>) -> Result<Option<url::Url>, AuthError> {
+    url.map(|u| {
+        policy
+            .allowed_validation_urls
+            .check(u)
+            .map_err(AuthError::ValidationUrlNotAllowed)
+    })
+    .transpose()
 }
