@@ -6,7 +6,7 @@
 #
 # Without LATCHKEY_DATABASE_URL it runs on SQLite in /var/lib/latchkey (inside
 # the container: mount a volume there to keep it). See README.md "Running it
-# for real" and the Helm chart in helm/latchkey.
+# for real", docs/operations.md and the Helm chart in helm/latchkey.
 
 # ---------------------------------------------------------------------------
 FROM rust:1.95-slim-bookworm AS builder

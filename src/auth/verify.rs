@@ -124,7 +124,8 @@ impl AuthService {
         // The address's budget of wrong codes (across all its sessions and
         // resends). Once spent, an attempt waits out an exponential backoff,
         // except the first attempt on a session: whoever holds a fresh email
-        // can always try its code once (see "Attempt budgets" in the README).
+        // can always try its code once (see docs/abuse-protection.md, "Attempt
+        // budgets that survive new codes").
         let failures = inner
             .limit_keys
             .for_failures(&policy.limits, &attempt.email, now);

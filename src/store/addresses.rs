@@ -2,7 +2,7 @@
 //! canonical form are rewritten once, right after the schema migrations
 //! (the canonical form needs IDNA, which SQL lacks). See
 //! `migrations/*/0004_canonical_addresses.sql` and "One mailbox, one
-//! identity" in the README.
+//! identity" in docs/guarantees.md.
 
 use std::collections::HashMap;
 

@@ -394,3 +394,23 @@ fn ensure_dir(dir: &Path) -> Result<()> {
     }
     crate::files::create_private_dir(dir).map_err(|e| StoreError(sqlx::Error::Io(e)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `migrations/postgres` and `migrations/sqlite` are numbered in
+    /// lockstep: the same versions with the same names, so a store on either
+    /// engine is ready at the same version.
+    #[test]
+    fn both_engines_have_the_same_migrations() {
+        let listed = |m: &Migrator| -> Vec<(i64, String)> {
+            m.iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect()
+        };
+        let postgres = listed(&POSTGRES_MIGRATIONS);
+        assert!(!postgres.is_empty());
+        assert_eq!(postgres, listed(&SQLITE_MIGRATIONS));
+    }
+}
