@@ -37,6 +37,12 @@ pub const OUTBOX_OLDEST_AGE: &str = "latchkey_outbox_oldest_age_seconds";
 pub const DB_CONNECTIONS: &str = "latchkey_db_connections";
 /// This process's database pool size limit.
 pub const DB_CONNECTIONS_MAX: &str = "latchkey_db_connections_max";
+/// 1 while the database answers this process's periodic check (and has
+/// every migration it needs), 0 otherwise.
+pub const DATABASE_UP: &str = "latchkey_database_up";
+/// Database calls abandoned at their deadline (no answer: the connection
+/// went silent), by `operation` (the store method).
+pub const DB_TIMEOUTS: &str = "latchkey_db_timeouts_total";
 
 /// Latency buckets (seconds): sub-millisecond reads to slow writes.
 const BUCKETS: &[f64] = &[
@@ -96,6 +102,14 @@ fn describe() {
         DB_CONNECTIONS_MAX,
         "This process's database pool size limit."
     );
+    describe_gauge!(
+        DATABASE_UP,
+        "1 while the database answers this process's check, 0 otherwise."
+    );
+    describe_counter!(
+        DB_TIMEOUTS,
+        "Database calls abandoned without an answer, by operation."
+    );
 }
 
 /// Installs the recorder (so counting starts with the first call, not the
@@ -124,6 +138,13 @@ pub fn rpc(transport: &'static str, method: &'static str, code: &'static str, el
     let labels = [("transport", transport), ("method", method), ("code", code)];
     metrics::counter!(RPC_REQUESTS, &labels).increment(1);
     metrics::histogram!(RPC_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+/// Whether the database answers this process's check.
+pub fn database_up(up: bool) {
+    // (Set first at start-up, maybe before anything else installed it.)
+    handle();
+    metrics::gauge!(DATABASE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Adds one to a counter with one label.

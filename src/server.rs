@@ -41,6 +41,11 @@ use crate::{
 /// runs (liveness), whatever the database does.
 pub const LIVENESS_SERVICE: &str = "liveness";
 
+/// The gRPC health service name that is SERVING while the database answers
+/// and has every migration this binary needs. Readiness does not follow it:
+/// see [`watch_database`].
+pub const DATABASE_SERVICE: &str = "latchkey.database";
+
 /// A bound, ready-to-run service.
 pub struct Server {
     settings: Settings,
@@ -65,6 +70,8 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let options = StoreOptions {
         max_connections: settings.database_max_connections,
         acquire_timeout: settings.database_acquire_timeout,
+        statement_timeout: settings.database_statement_timeout,
+        idle_in_transaction_timeout: settings.database_idle_in_transaction_timeout,
     };
     let store = Store::connect(&url, &options)
         .await
@@ -221,16 +228,16 @@ impl Server {
                 // connection pool. Every step of a send has its deadline
                 // (connecting, the session set-up and MAIL, RCPT, DATA: the
                 // SMTP timeout each; the end of the message: the send
-                // timeout), so a send ends within their sum, and the lease
-                // outlasts that.
-                lease: (smtp_send_bound(&settings) + Duration::from_secs(10))
-                    .max(Duration::from_secs(60)),
+                // timeout), so a send ends within their sum; the lease is
+                // renewed while it runs, so it can be much shorter.
+                lease: settings.outbox_lease,
                 send_timeout: smtp_send_bound(&settings),
                 max_attempts: settings.outbox_max_attempts,
                 batch: i64::from(settings.smtp_max_connections),
             },
             wake: wake.clone(),
             failing: crate::telemetry::Outage::new("email delivery"),
+            breaker: Default::default(),
         };
         let auth = AuthService::new(Parts {
             store: store.clone(),
@@ -367,7 +374,7 @@ impl Server {
                 Duration::from_secs(300),
                 background.clone(),
             )),
-            tokio::spawn(watch_readiness(
+            tokio::spawn(watch_database(
                 store.clone(),
                 health.clone(),
                 settings.readiness_interval,
@@ -573,7 +580,7 @@ impl Health {
         first
     }
 
-    /// Ends open `Watch` streams of the readiness services (they would
+    /// Ends open `Watch` streams of the readiness and database services (they would
     /// otherwise keep their connections, and the drain, open until the
     /// grace runs out). A later Check of them answers NOT_FOUND.
     async fn end_watches(&self) {
@@ -584,6 +591,20 @@ impl Health {
             )
             .await;
         reporter.clear_service_status("").await;
+        reporter.clear_service_status(DATABASE_SERVICE).await;
+    }
+
+    /// Reports whether the database answers (not readiness).
+    async fn database(&self, up: bool) {
+        crate::metrics::database_up(up);
+        let status = if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter
+            .set_service_status(DATABASE_SERVICE, status)
+            .await;
     }
 
     async fn apply(&self, ready: bool) {
@@ -603,15 +624,16 @@ impl Health {
     }
 }
 
-/// Keeps readiness in step with the database: NOT_SERVING while it cannot be
-/// reached or lacks migrations this binary needs.
-async fn watch_readiness(
-    store: Store,
-    health: Health,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let mut serving = true;
+/// Checks the database every `interval` and reports what it finds, in the
+/// `latchkey.database` health service, the `latchkey_database_up` gauge and
+/// the log (at each change). Readiness does not follow it: every replica
+/// shares the one database, so taking them out of the load balancer during
+/// a database outage helps no call (those that need it answer UNAVAILABLE
+/// at once either way) and takes down the ones that do not: JWKS, health,
+/// the OpenAPI document.
+async fn watch_database(store: Store, health: Health, interval: Duration, stop: CancellationToken) {
+    let mut up = true;
+    health.database(true).await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -624,14 +646,16 @@ async fn watch_readiness(
         if ready {
             crate::telemetry::DATABASE.worked();
         }
-        if ready != serving && !stop.is_cancelled() {
-            serving = ready;
+        if ready != up && !stop.is_cancelled() {
+            up = ready;
             if ready {
-                tracing::info!("database reachable again: SERVING");
+                tracing::info!("database reachable again");
             } else {
-                tracing::warn!("database unreachable or not migrated: NOT_SERVING");
+                tracing::warn!(
+                    "database unreachable or not migrated: calls that need it answer UNAVAILABLE"
+                );
             }
-            health.set(ready).await;
+            health.database(ready).await;
         }
     }
 }

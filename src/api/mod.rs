@@ -345,8 +345,8 @@ where
     }
 }
 
-/// Whether the service should receive traffic: the database is reachable and
-/// migrated, and shutdown has not begun. Read by both health surfaces.
+/// Whether the service should receive traffic: it serves and shutdown has
+/// not begun (whatever the database does). Read by both health surfaces.
 #[derive(Clone, Debug, Default)]
 pub struct Readiness(Arc<AtomicBool>);
 

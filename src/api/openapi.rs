@@ -157,7 +157,7 @@ pub fn document() -> Value {
         "/readyz".into(),
         json!({ "get": {
             "operationId": "readyz",
-            "summary": "Readiness: the database is reachable and migrated, and shutdown has not begun",
+            "summary": "Readiness: the process serves and shutdown has not begun (a database outage does not change it)",
             "responses": {
                 "200": { "description": "Ready.", "content": { "application/json": { "schema": schema_ref("Health") } } },
                 "503": { "description": "Not ready.", "content": { "application/json": { "schema": schema_ref("Health") } } }

@@ -137,6 +137,12 @@ impl Settings {
             "LATCHKEY_DEFAULT_LOCALE (--default-locale)",
             check_locale(&self.default_locale),
         )?;
+        if self.outbox_lease < Duration::from_secs(1) {
+            return fail(
+                "LATCHKEY_OUTBOX_LEASE (--outbox-lease)",
+                "must be at least 1s".into(),
+            );
+        }
         if self.outbox_retry_base > self.outbox_retry_max {
             return fail(
                 "LATCHKEY_OUTBOX_RETRY_BASE (--outbox-retry-base)",

@@ -83,6 +83,19 @@ pub struct Settings {
     #[arg(long, env = "LATCHKEY_DATABASE_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = duration, global = true)]
     pub database_acquire_timeout: Duration,
 
+    /// The longest one database statement may take: PostgreSQL cancels it
+    /// then (`statement_timeout`), and every database call is abandoned a
+    /// second later (its connection closed), so a connection that went
+    /// silent fails the call with UNAVAILABLE instead of holding it.
+    #[arg(long, env = "LATCHKEY_DATABASE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = duration, global = true)]
+    pub database_statement_timeout: Duration,
+
+    /// PostgreSQL ends a session of the service left inside a transaction
+    /// this long (`idle_in_transaction_session_timeout`), releasing the rows
+    /// it locked. `0s`: the server's own setting.
+    #[arg(long, env = "LATCHKEY_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "10s", value_parser = duration_or_zero, global = true)]
+    pub database_idle_in_transaction_timeout: Duration,
+
     /// Address of the gRPC listener.
     #[arg(
         long,
@@ -183,6 +196,13 @@ pub struct Settings {
     /// Longest delay between two delivery attempts.
     #[arg(long, env = "LATCHKEY_OUTBOX_RETRY_MAX", default_value = "5m", value_parser = duration, global = true)]
     pub outbox_retry_max: Duration,
+
+    /// How long a worker's claim on an email holds before another replica
+    /// may take it. Renewed every third of it while the email is being
+    /// sent, so a send may take longer; a replica that dies leaves its
+    /// emails to the others after at most this long.
+    #[arg(long, env = "LATCHKEY_OUTBOX_LEASE", default_value = "15s", value_parser = duration, global = true)]
+    pub outbox_lease: Duration,
 
     /// Delivery attempts before a message is given up (marked dead).
     #[arg(long, env = "LATCHKEY_OUTBOX_MAX_ATTEMPTS", default_value_t = 10,

@@ -4,8 +4,10 @@
 //! marks it dead with the error. Nothing is dropped.
 //!
 //! A claimed batch is sent concurrently (the SMTP transport pools
-//! connections) and each send is bounded by `send_timeout`, shorter than the
-//! lease, so a claim never outlives its lease in normal operation.
+//! connections) and each send is bounded by `send_timeout`; while a send
+//! runs its claim is renewed every third of the lease, so a claim never
+//! runs out under a live worker, and a dead worker's claims run out one
+//! (short) lease after its last renewal.
 //!
 //! Delivery is at least once: if the process dies after the mail server
 //! accepted a message but before the outcome is committed, the lease runs out
@@ -26,7 +28,7 @@ use crate::{
     auth::{email::EmailAddress, payload, tenants::Tenants},
     clock::{Clock, UnixMillis, millis},
     kek::Kek,
-    store::{ClaimedMail, MailKind, Outcome, Store},
+    store::{ClaimedMail, MailKind, Outcome, Store, UNCONFIRMED},
 };
 
 /// How the worker paces itself.
@@ -37,9 +39,10 @@ pub struct WorkerSettings {
     /// First retry delay; doubles per attempt up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
-    /// How long a claim holds a message before another worker may take it.
+    /// How long a claim holds a message before another worker may take it
+    /// (renewed while the message is being sent).
     pub lease: Duration,
-    /// Longest a single send may take, connection included (below `lease`).
+    /// Longest a single send may take, connection included.
     pub send_timeout: Duration,
     /// Attempts before a message is given up.
     pub max_attempts: u32,
@@ -74,6 +77,72 @@ enum Built {
     Expired,
 }
 
+/// Whether the relay is trusted with emails: a circuit breaker. It opens
+/// after [`Breaker::TRIP_AFTER`] temporary failures in a row (the relay is
+/// down, or refuses everything for now): the worker then claims nothing,
+/// and the messages already tried wait for their retries, except for one
+/// probe now and then (half-open): a single due email, or when none is due
+/// a connection to the relay. The first probe that works closes it and
+/// brings every message waiting for a retry forward, so an outage's backlog
+/// goes out seconds after the relay recovers, not at each message's backoff.
+#[derive(Debug, Default)]
+pub struct Breaker {
+    /// Temporary failures since the last success.
+    failures: u32,
+    /// While open: when the next probe may go, and the wait after it.
+    open: Option<(tokio::time::Instant, Duration)>,
+}
+
+/// What the worker may claim now.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// A whole batch (closed).
+    Batch,
+    /// One message, as a probe (half-open).
+    Probe,
+    /// Nothing until then (open).
+    WaitUntil(tokio::time::Instant),
+}
+
+impl Breaker {
+    /// Temporary failures in a row that open it.
+    const TRIP_AFTER: u32 = 2;
+    /// The longest wait between two probes.
+    const PROBE_MAX: Duration = Duration::from_secs(5);
+
+    fn plan(&self) -> Plan {
+        match self.open {
+            None => Plan::Batch,
+            Some((next, _)) if tokio::time::Instant::now() < next => Plan::WaitUntil(next),
+            Some(_) => Plan::Probe,
+        }
+    }
+
+    /// A send worked; true when that closed the breaker.
+    fn worked(&mut self) -> bool {
+        self.failures = 0;
+        self.open.take().is_some()
+    }
+
+    /// A send failed for a temporary reason; `first` is the first wait
+    /// between probes.
+    fn failed(&mut self, first: Duration) {
+        self.failures += 1;
+        let now = tokio::time::Instant::now();
+        self.open = match self.open {
+            // The rest of the batch that opened it: the schedule stands.
+            Some((next, wait)) if now < next => Some((next, wait)),
+            // A probe failed: wait longer for the next.
+            Some((_, wait)) => Some((now + wait, (wait * 2).min(Self::PROBE_MAX))),
+            None if self.failures >= Self::TRIP_AFTER => {
+                let wait = first.min(Self::PROBE_MAX);
+                Some((now + wait, (wait * 2).min(Self::PROBE_MAX)))
+            }
+            None => None,
+        };
+    }
+}
+
 /// The worker; built by the server, run once.
 pub struct OutboxWorker {
     pub store: Store,
@@ -88,6 +157,8 @@ pub struct OutboxWorker {
     pub wake: Arc<Notify>,
     /// Whether sending fails, logged once per outage.
     pub failing: crate::telemetry::Outage,
+    /// Whether to send at all (see [`Breaker`]).
+    pub breaker: std::sync::Mutex<Breaker>,
 }
 
 impl OutboxWorker {
@@ -130,10 +201,17 @@ impl OutboxWorker {
                     None => std::future::pending().await,
                 }
             };
+            let probe = async {
+                match self.plan() {
+                    Plan::WaitUntil(at) => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = notified => {}
+                _ = probe => {}
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
@@ -142,13 +220,25 @@ impl OutboxWorker {
     /// Claims one batch of due messages and delivers it. Returns how many
     /// were claimed.
     pub async fn deliver_due(&self, stop: &CancellationToken) -> anyhow::Result<usize> {
+        let limit = match self.plan() {
+            Plan::Batch => self.settings.batch,
+            Plan::Probe => 1,
+            Plan::WaitUntil(_) => return Ok(0),
+        };
         let now = self.clock.now_ms();
         let lease_until = now + millis(self.settings.lease);
-        let batch = self
-            .store
-            .claim_mail(now, lease_until, self.settings.batch)
-            .await?;
+        let batch = self.store.claim_mail(now, lease_until, limit).await?;
         let claimed = batch.len();
+        if claimed == 0 && limit == 1 {
+            // Nothing due to probe with: does the relay take a connection?
+            let probe = self.transport.accept_unsent();
+            match tokio::time::timeout(self.settings.send_timeout, probe).await {
+                Ok(Ok(())) => self.relay_works().await,
+                // (Not an email that failed: the outage log counts those.)
+                _ => self.breaker_failed(),
+            }
+            return Ok(0);
+        }
         if stop.is_cancelled() {
             // Shutting down: give the claims back untried (else they would
             // wait out their lease before any replica sends them).
@@ -163,6 +253,12 @@ impl OutboxWorker {
         // is still being sent. The rest are recorded together at the end,
         // one commit per batch.
         use futures_util::StreamExt;
+        let in_flight = std::sync::Mutex::new(
+            batch
+                .iter()
+                .map(|m| (m.id.clone(), m.attempts))
+                .collect::<Vec<_>>(),
+        );
         let mut ended = batch
             .into_iter()
             .map(|mail| async move {
@@ -172,18 +268,58 @@ impl OutboxWorker {
             })
             .collect::<futures_util::stream::FuturesUnordered<_>>()
             .ready_chunks(claimed.max(1));
-        let mut later = Vec::new();
-        while let Some(chunk) = ended.next().await {
-            let (urgent, rest): (Vec<_>, Vec<_>) = chunk.into_iter().partition(|d| d.2);
-            later.extend(rest);
-            if !urgent.is_empty() {
-                self.record(urgent).await;
+        let sent = CancellationToken::new();
+        let work = async {
+            let mut later = Vec::new();
+            while let Some(chunk) = ended.next().await {
+                in_flight
+                    .lock()
+                    .expect("in-flight lock")
+                    .retain(|(id, _)| !chunk.iter().any(|(o, _, _)| o.id() == id));
+                let (urgent, rest): (Vec<_>, Vec<_>) = chunk.into_iter().partition(|d| d.2);
+                later.extend(rest);
+                if !urgent.is_empty() {
+                    self.record(urgent).await;
+                }
+            }
+            sent.cancel();
+            if !later.is_empty() {
+                self.record(later).await;
+            }
+        };
+        tokio::join!(work, self.renew_leases(&in_flight, &sent));
+        Ok(claimed)
+    }
+
+    /// Renews the claims of the messages still being sent, every third of
+    /// the lease, until `sent`: a slow send keeps its claim however long it
+    /// takes (within its own bound), so the lease can be short and a dead
+    /// replica's messages wait only that long. (Runs beside the sends, so a
+    /// slow renewal never pauses them.)
+    async fn renew_leases(
+        &self,
+        in_flight: &std::sync::Mutex<Vec<(String, i32)>>,
+        sent: &CancellationToken,
+    ) {
+        let every = self.settings.lease / 3;
+        loop {
+            tokio::select! {
+                _ = sent.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let claims = in_flight.lock().expect("in-flight lock").clone();
+            if claims.is_empty() {
+                continue;
+            }
+            let until = self.clock.now_ms() + millis(self.settings.lease);
+            if let Err(e) = self.store.renew_mail_leases(&claims, until).await {
+                // Another renewal follows; if none gets through before the
+                // lease ends another replica may send the message too (at
+                // least once).
+                crate::telemetry::DATABASE
+                    .failed(&format!("outbox: renewing the claims failed: {e:#}"));
             }
         }
-        if !later.is_empty() {
-            self.record(later).await;
-        }
-        Ok(claimed)
     }
 
     /// Records outcomes `(outcome, counted, _)` in one transaction.
@@ -192,7 +328,8 @@ impl OutboxWorker {
             delivered.into_iter().map(|(o, c, _)| (o, c)).unzip();
         if let Err(e) = self.store.record_outcomes(&outcomes).await {
             // The leases run out and the messages are tried again.
-            tracing::warn!(error = %e, "outbox: recording the outcomes failed");
+            crate::telemetry::DATABASE
+                .failed(&format!("outbox: recording the outcomes failed: {e:#}"));
         } else {
             // Suppressed emails are never counted as emails.
             let counted: Vec<Outcome> = outcomes
@@ -250,11 +387,11 @@ impl OutboxWorker {
         };
         let now = self.clock.now_ms();
         match &outcome {
-            Ok(_) => self.failing.worked(),
+            Ok(_) => self.relay_works().await,
             // (Messages stay queued and are retried.)
-            Err(SendError::Transient(error) | SendError::Uncertain(error)) => {
-                self.failing.failed(error)
-            }
+            Err(SendError::Transient(error)) => self.relay_failed(error),
+            // The relay answers, slowly: not an outage of it.
+            Err(SendError::Uncertain(error)) => self.failing.failed(error),
             Err(SendError::Permanent(_)) => {}
         }
         let failed = match outcome {
@@ -314,7 +451,7 @@ impl OutboxWorker {
                     attempts: mail.attempts,
                     at: now + millis(UNCERTAIN_RESEND_AFTER),
                     error: format!(
-                        "not confirmed: {error} (it may have been delivered; not sent again \
+                        "{UNCONFIRMED}{error} (it may have been delivered; not sent again \
                          for {} minutes)",
                         UNCERTAIN_RESEND_AFTER.as_secs() / 60
                     ),
@@ -332,6 +469,40 @@ impl OutboxWorker {
             }
         };
         (failed, false)
+    }
+
+    fn plan(&self) -> Plan {
+        self.breaker.lock().expect("breaker lock").plan()
+    }
+
+    /// A send (or a probe) worked. If that closes the breaker, the messages
+    /// waiting for a retry go now.
+    async fn relay_works(&self) {
+        self.failing.worked();
+        let closed = self.breaker.lock().expect("breaker lock").worked();
+        if closed {
+            match self.store.bring_mail_forward(self.clock.now_ms()).await {
+                Ok(n) => tracing::info!(
+                    brought_forward = n,
+                    "the mail relay works again: emails waiting for a retry go now"
+                ),
+                Err(e) => crate::telemetry::DATABASE
+                    .failed(&format!("outbox: bringing retries forward failed: {e:#}")),
+            }
+            // Claim them at once.
+            self.wake.notify_one();
+        }
+    }
+
+    /// A send failed for a temporary reason.
+    fn relay_failed(&self, error: &dyn std::fmt::Display) {
+        self.failing.failed(error);
+        self.breaker_failed();
+    }
+
+    fn breaker_failed(&self) {
+        let first = self.settings.retry_base.min(Duration::from_secs(1));
+        self.breaker.lock().expect("breaker lock").failed(first);
     }
 
     /// Builds the message (and says how the proof's expiry moves once it is

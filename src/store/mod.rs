@@ -50,12 +50,20 @@ mod refresh_tokens;
 mod sessions;
 mod tenants;
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{
+    path::Path,
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::{
     PgPool, SqlitePool,
     migrate::Migrator,
-    postgres::PgPoolOptions,
+    postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
@@ -64,7 +72,7 @@ pub use keys::{NewSigningKey, SigningKeyRow};
 pub use limits::{ExistingKey, Hit, NewIdempotencyKey};
 pub use outbox::{
     ClaimedMail, MailKind, NewMail, OUTBOX_CHANNEL, OutboxCounts, OutboxListener, OutboxRow,
-    Outcome, PLAN_CHECKED_STATEMENTS,
+    Outcome, PLAN_CHECKED_STATEMENTS, UNCONFIRMED,
 };
 pub use refresh_tokens::{ActiveSession, RotatedRefreshToken};
 pub use sessions::{
@@ -96,12 +104,13 @@ impl StoreError {
             // closed the connection, as an unreachable database does.
             sqlx::Error::Protocol(message) => message.contains("SSLRequest"),
             sqlx::Error::Database(db) => {
-                // SQLITE_BUSY / SQLITE_LOCKED after the busy timeout, and
-                // PostgreSQL's "cannot connect now" / admin shutdown classes.
+                // SQLITE_BUSY / SQLITE_LOCKED after the busy timeout,
+                // PostgreSQL's "cannot connect now" / admin shutdown classes,
+                // and its statement and idle-in-transaction timeouts.
                 let code = db.code().unwrap_or_default();
                 matches!(
                     code.as_ref(),
-                    "5" | "6" | "517" | "57P01" | "57P02" | "57P03"
+                    "5" | "6" | "517" | "57P01" | "57P02" | "57P03" | "57014" | "25P03"
                 ) || code.starts_with("08")
             }
             _ => false,
@@ -128,21 +137,32 @@ enum Pool {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: Pool,
+    /// The bound on a call that takes a connection from the pool.
+    deadline: Deadline,
+    /// The bound on a statement inside a transaction.
+    statement_deadline: Duration,
 }
 
 /// Runs `$body` with `$conn` bound to the pool of whichever backend the store
-/// uses, in a `db` span named `$op` (a child of the RPC's span in traces).
-/// The body is compiled once per backend, so the same query text and binds
-/// serve both.
+/// uses, in a `db` span named `$op` (a child of the RPC's span in traces),
+/// within the store's deadline (see [`Deadline`]). The body is compiled once
+/// per backend, so the same query text and binds serve both.
 macro_rules! on_pool {
-    ($store:expr, $op:literal, |$conn:ident| $body:expr) => {
-        match &$store.pool {
-            crate::store::Pool::Postgres($conn) => {
-                crate::store::in_db_span!($op, "postgresql", $body)
-            }
-            crate::store::Pool::Sqlite($conn) => crate::store::in_db_span!($op, "sqlite", $body),
+    ($store:expr, $op:literal, |$conn:ident| $body:expr) => {{
+        let store: &crate::store::Store = &$store;
+        match &store.pool {
+            crate::store::Pool::Postgres($conn) => crate::store::in_db_span!(
+                $op,
+                "postgresql",
+                store.deadline.bound($op, async { $body }).await
+            ),
+            crate::store::Pool::Sqlite($conn) => crate::store::in_db_span!(
+                $op,
+                "sqlite",
+                store.deadline.bound($op, async { $body }).await
+            ),
         }
-    };
+    }};
 }
 
 /// Like [`on_pool!`], inside a transaction.
@@ -151,11 +171,19 @@ macro_rules! on_tx {
         match &mut $tx.inner {
             crate::store::TxInner::Postgres(tx) => {
                 let $conn = &mut **tx;
-                crate::store::in_db_span!($op, "postgresql", $body)
+                crate::store::in_db_span!(
+                    $op,
+                    "postgresql",
+                    $tx.deadline.bound($op, async { $body }).await
+                )
             }
             crate::store::TxInner::Sqlite(tx) => {
                 let $conn = &mut **tx;
-                crate::store::in_db_span!($op, "sqlite", $body)
+                crate::store::in_db_span!(
+                    $op,
+                    "sqlite",
+                    $tx.deadline.bound($op, async { $body }).await
+                )
             }
         }
     };
@@ -191,6 +219,7 @@ pub(crate) use {db_span, in_db_span, on_pool, on_tx};
 /// One database transaction. Dropping it without [`Tx::commit`] rolls back.
 pub struct Tx {
     inner: TxInner,
+    deadline: Deadline,
 }
 
 enum TxInner {
@@ -201,15 +230,136 @@ enum TxInner {
 impl Tx {
     pub async fn commit(self) -> Result<()> {
         use tracing::Instrument;
+        let deadline = self.deadline;
         match self.inner {
             TxInner::Postgres(tx) => {
-                tx.commit()
+                deadline
+                    .bound("commit", tx.commit())
                     .instrument(db_span!("commit", "postgresql"))
                     .await?
             }
-            TxInner::Sqlite(tx) => tx.commit().instrument(db_span!("commit", "sqlite")).await?,
+            TxInner::Sqlite(tx) => {
+                deadline
+                    .bound("commit", tx.commit())
+                    .instrument(db_span!("commit", "sqlite"))
+                    .await?
+            }
         }
         Ok(())
+    }
+}
+
+/// The bound on every database call: a statement (or a begin, a commit)
+/// that gets no answer within it fails as unavailable, and its connection is
+/// not reused. PostgreSQL itself cancels a statement at `statement_timeout`,
+/// a second earlier, so this fires only when the answer cannot arrive: a
+/// connection that went silent (a failover, a dropped route or conntrack
+/// entry), which would otherwise hold the call, and any row locks it took,
+/// for good.
+#[derive(Clone, Debug)]
+struct Deadline {
+    after: Duration,
+    stalls: Arc<Stalls>,
+}
+
+/// When calls were last abandoned at their deadline. A connection given
+/// back to the pool within [`Stalls::WINDOW`] of that is checked with a
+/// bounded ping before reuse, so the one that went silent is closed rather
+/// than pinged forever (the pool's own check has no bound) and kept out of
+/// the pool's count for good. Other times nothing is checked.
+#[derive(Debug)]
+struct Stalls {
+    epoch: std::time::Instant,
+    /// Milliseconds after `epoch` until which released connections are
+    /// checked (0: none).
+    check_until: AtomicU64,
+}
+
+impl Stalls {
+    /// How long after an abandoned call released connections are checked.
+    const WINDOW: Duration = Duration::from_secs(30);
+    /// How long that check may take.
+    const PING: Duration = Duration::from_secs(1);
+
+    fn new() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            check_until: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A call is being abandoned: check the connections released soon.
+    fn abandoned(&self) {
+        let until = self.now_ms() + u64::try_from(Self::WINDOW.as_millis()).unwrap_or(0);
+        self.check_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    fn checking(&self) -> bool {
+        self.now_ms() < self.check_until.load(Ordering::Relaxed)
+    }
+}
+
+impl Deadline {
+    /// Runs one call's `work` within the deadline.
+    async fn bound<T>(
+        &self,
+        op: &'static str,
+        work: impl Future<Output = std::result::Result<T, sqlx::Error>>,
+    ) -> std::result::Result<T, sqlx::Error> {
+        let watched = Watched {
+            stalls: &self.stalls,
+            done: false,
+            work: Box::pin(work),
+        };
+        match tokio::time::timeout(self.after, watched).await {
+            Ok(result) => result,
+            Err(_) => {
+                crate::metrics::count(crate::metrics::DB_TIMEOUTS, "operation", op);
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer from the database within {:?} ({op}): the connection is \
+                         dropped",
+                        self.after
+                    ),
+                )))
+            }
+        }
+    }
+}
+
+/// A call's work; dropped unfinished, it marks the stall *before* the
+/// connection it holds goes back to the pool (fields drop after `drop`).
+struct Watched<'a, F> {
+    stalls: &'a Stalls,
+    done: bool,
+    work: std::pin::Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Watched<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let polled = self.work.as_mut().poll(cx);
+        if polled.is_ready() {
+            self.done = true;
+        }
+        polled
+    }
+}
+
+impl<F> Drop for Watched<'_, F> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stalls.abandoned();
+        }
     }
 }
 
@@ -226,6 +376,15 @@ pub struct PoolUsage {
 pub struct StoreOptions {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// The longest one statement may take. PostgreSQL cancels it then
+    /// (`statement_timeout`); every call (statement, begin, commit) is
+    /// abandoned a second later whatever the backend (see [`Deadline`]).
+    /// On SQLite it also bounds the wait for the write lock.
+    pub statement_timeout: Duration,
+    /// PostgreSQL ends a session left inside a transaction this long
+    /// (`idle_in_transaction_session_timeout`), releasing its row locks: a
+    /// process whose connection went silent cannot hold claimed rows.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -233,21 +392,51 @@ impl Default for StoreOptions {
         Self {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+            idle_in_transaction_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// The session settings every PostgreSQL connection of the service starts
+/// with (sent as startup options, no extra round trip): the statement and
+/// idle-in-transaction timeouts (`0s` leaves the server's own), and TCP
+/// keepalive probes from the server after 30 s of silence, so a session
+/// whose client vanished ends within a minute or so. (The client's own
+/// sockets are opened inside sqlx, which sets no keepalive: on this side
+/// the per-call deadline does that job.)
+fn postgres_session_settings(options: &StoreOptions) -> Vec<(&'static str, String)> {
+    let mut settings = vec![
+        ("tcp_keepalives_idle", "30".to_owned()),
+        ("tcp_keepalives_interval", "10".to_owned()),
+        ("tcp_keepalives_count", "3".to_owned()),
+    ];
+    for (name, value) in [
+        ("statement_timeout", options.statement_timeout),
+        (
+            "idle_in_transaction_session_timeout",
+            options.idle_in_transaction_timeout,
+        ),
+    ] {
+        if !value.is_zero() {
+            settings.push((name, format!("{}ms", value.as_millis().max(1))));
+        }
+    }
+    settings
 }
 
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite://…`). A SQLite file and
     /// its directory are created when missing. Does not migrate.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        let stalls = Arc::new(Stalls::new());
         let pool = if url.starts_with("sqlite:") {
             let connect = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: a committed login survives power loss, as on PostgreSQL.
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10))
+                .busy_timeout(options.statement_timeout)
                 .foreign_keys(true);
             let file = connect.get_filename();
             if !url.contains("mode=memory") && file != Path::new(":memory:") {
@@ -265,14 +454,43 @@ impl Store {
                 .await?;
             Pool::Sqlite(pool)
         } else {
+            let connect =
+                PgConnectOptions::from_str(url)?.options(postgres_session_settings(options));
+            let checked = stalls.clone();
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
-                .connect(url)
+                .after_release(move |conn, _| {
+                    let checked = checked.clone();
+                    Box::pin(async move {
+                        if !checked.checking() {
+                            return Ok(true);
+                        }
+                        // An error closes the connection at once.
+                        use sqlx::Connection;
+                        match tokio::time::timeout(Stalls::PING, conn.ping()).await {
+                            Ok(Ok(())) => Ok(true),
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())),
+                        }
+                    })
+                })
+                .connect_with(connect)
                 .await?;
             Pool::Postgres(pool)
         };
-        Ok(Self { pool })
+        // A second more than the server's own timeout, so that one answers
+        // first when it can; a call that needs a connection first may also
+        // wait for one (the acquire timeout bounds that).
+        let statement_deadline = options.statement_timeout + Duration::from_secs(1);
+        Ok(Self {
+            pool,
+            deadline: Deadline {
+                after: statement_deadline + options.acquire_timeout,
+                stalls,
+            },
+            statement_deadline,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -296,7 +514,12 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), anyhow::Error> {
         let migrator = self.migrator();
         match &self.pool {
-            Pool::Postgres(pool) => migrator.run(pool).await?,
+            Pool::Postgres(pool) => {
+                let mut conn = untimed(pool).await?;
+                let run = migrator.run(&mut *conn).await;
+                conn.close_on_drop();
+                run?
+            }
             Pool::Sqlite(pool) => migrator.run(pool).await?,
         }
         if let Some(done) = self
@@ -327,7 +550,12 @@ impl Store {
     pub async fn migrate_to(&self, version: i64) -> Result<(), anyhow::Error> {
         let migrator = self.migrator();
         match &self.pool {
-            Pool::Postgres(pool) => migrator.run_to(version, pool).await?,
+            Pool::Postgres(pool) => {
+                let mut conn = untimed(pool).await?;
+                let run = migrator.run_to(version, &mut *conn).await;
+                conn.close_on_drop();
+                run?
+            }
             Pool::Sqlite(pool) => migrator.run_to(version, pool).await?,
         }
         Ok(())
@@ -352,17 +580,25 @@ impl Store {
         use tracing::Instrument;
         let inner = match &self.pool {
             Pool::Postgres(pool) => TxInner::Postgres(
-                pool.begin()
+                self.deadline
+                    .bound("begin", pool.begin())
                     .instrument(db_span!("begin", "postgresql"))
                     .await?,
             ),
             Pool::Sqlite(pool) => TxInner::Sqlite(
-                pool.begin_with("BEGIN IMMEDIATE")
+                self.deadline
+                    .bound("begin", pool.begin_with("BEGIN IMMEDIATE"))
                     .instrument(db_span!("begin", "sqlite"))
                     .await?,
             ),
         };
-        Ok(Tx { inner })
+        Ok(Tx {
+            inner,
+            deadline: Deadline {
+                after: self.statement_deadline,
+                stalls: self.deadline.stalls.clone(),
+            },
+        })
     }
 
     /// Closes every connection (shutdown).
@@ -386,6 +622,16 @@ impl Store {
             max,
         }
     }
+}
+
+/// A connection without the service's statement and idle-in-transaction
+/// timeouts, for migrations (an index build may take long). Close it after.
+async fn untimed(pool: &PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    Ok(conn)
 }
 
 fn ensure_dir(dir: &Path) -> Result<()> {

@@ -75,6 +75,15 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The message it is about.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Sent { id, .. } | Self::Retry { id, .. } | Self::Dead { id, .. } => id,
+        }
+    }
+}
+
 /// Woken when any replica queues mail.
 pub struct OutboxListener(sqlx::postgres::PgListener);
 
@@ -115,7 +124,9 @@ const ENQUEUE: &str = "INSERT INTO outbox \
     VALUES ($1, $2, $3, $4, $5, $6, $8, 0, $7, $7)";
 
 // Claiming pushes next_attempt_at forward by the lease: the message is not due
-// again unless this worker dies before recording the outcome.
+// again unless this worker dies before recording the outcome. It clears
+// last_error, which the outcome sets again: a queued message with an error is
+// one waiting for its retry, never one being sent (see BRING_FORWARD).
 //
 // Every plan below is meant to be the same whatever the statistics say (see
 // the plan checks in the store conformance tests, run on an analyzed table
@@ -126,13 +137,13 @@ const ENQUEUE: &str = "INSERT INTO outbox \
 // most `limit` ids: written as `IN (subquery)`, the generic plan of a
 // prepared statement (which guesses the LIMIT) was a hash join over a
 // sequential scan of the whole table.
-const CLAIM_POSTGRES: &str = "UPDATE outbox SET next_attempt_at = $2, attempts = attempts + 1 \
+const CLAIM_POSTGRES: &str = "UPDATE outbox SET next_attempt_at = $2, attempts = attempts + 1, last_error = NULL \
     WHERE id = ANY(ARRAY(SELECT id FROM outbox WHERE state = 'queued' AND next_attempt_at <= $1 \
                          ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)) \
     RETURNING id, tenant_id, session_id, kind, recipient, payload_sealed, attempts, created_at";
 // SQLite has one writer at a time (the claim runs under BEGIN IMMEDIATE), so
 // there is nothing to skip.
-const CLAIM_SQLITE: &str = "UPDATE outbox SET next_attempt_at = $2, attempts = attempts + 1 \
+const CLAIM_SQLITE: &str = "UPDATE outbox SET next_attempt_at = $2, attempts = attempts + 1, last_error = NULL \
     WHERE id IN (SELECT id FROM outbox WHERE state = 'queued' AND next_attempt_at <= $1 \
                  ORDER BY next_attempt_at LIMIT $3) \
     RETURNING id, tenant_id, session_id, kind, recipient, payload_sealed, attempts, created_at";
@@ -157,6 +168,23 @@ const MARK_SENT: &str = "UPDATE outbox SET state = 'sent', sent_at = $2, payload
 // another worker now holds.
 const RESCHEDULE: &str = "UPDATE outbox SET next_attempt_at = $2, last_error = $3 \
     WHERE id = $1 AND (state = 'queued') IS TRUE AND attempts = $4";
+
+// Extends a claim while its message is being sent. Only by the latest claim.
+const RENEW: &str = "UPDATE outbox SET next_attempt_at = $2 \
+    WHERE id = $1 AND (state = 'queued') IS TRUE AND attempts = $3";
+
+/// How the error of a message held back because the relay may already have
+/// it begins (see the outbox worker); such a message is never brought forward.
+pub const UNCONFIRMED: &str = "not confirmed: ";
+
+// Makes every message waiting for the retry of a failed attempt due now (the
+// relay works again), except those held back as possibly delivered. A message
+// being sent has no error (the claim cleared it), so is not touched. Reads
+// the queued messages through the `outbox_due` partial index; once per
+// recovery of the relay.
+const BRING_FORWARD: &str = "UPDATE outbox SET next_attempt_at = $1 \
+    WHERE state = 'queued' AND next_attempt_at > $1 AND last_error IS NOT NULL \
+    AND last_error NOT LIKE 'not confirmed: %'";
 
 // Gives a claim back untried (shutdown came between claim and send): due now
 // for any replica, the attempt not counted. Only by the latest claim.
@@ -205,6 +233,12 @@ pub const PLAN_CHECKED_STATEMENTS: &[(&str, &str, &str, &str)] = &[
         RESCHEDULE,
         "text, bigint, text, integer",
         "'q25000', 1000000, 'timeout', 1",
+    ),
+    (
+        "renew",
+        RENEW,
+        "text, bigint, integer",
+        "'q25000', 1000000, 1",
     ),
     (
         "release",
@@ -277,6 +311,41 @@ impl Store {
         })?;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    /// Makes the messages waiting to retry a failed send due at `now`
+    /// (see [`BRING_FORWARD`]). Returns how many.
+    pub async fn bring_mail_forward(&self, now: UnixMillis) -> Result<u64> {
+        Ok(on_pool!(self, "bring_mail_forward", |pool| {
+            sqlx::query(BRING_FORWARD)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?)
+    }
+
+    /// Extends the claims `(id, attempts)` of messages still being sent
+    /// until `until`, in one transaction.
+    pub async fn renew_mail_leases(
+        &self,
+        claims: &[(String, i32)],
+        until: UnixMillis,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (id, attempts) in claims {
+            on_tx!(tx, "renew_mail_leases", |conn| {
+                sqlx::query(RENEW)
+                    .bind(id)
+                    .bind(until)
+                    .bind(*attempts)
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Gives claimed messages back untried, due at `now` (so another
@@ -464,5 +533,13 @@ impl Store {
             }
         }
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_held_as_possibly_delivered_are_never_brought_forward() {
+        assert!(super::BRING_FORWARD.contains(&format!("NOT LIKE '{}%'", super::UNCONFIRMED)));
     }
 }

@@ -12,6 +12,8 @@ both_backends!(
     a_message_the_relay_never_confirmed_is_not_sent_again_at_once,
     a_code_works_as_soon_as_its_email_is_accepted_whatever_else_is_being_sent,
     a_slow_relay_gets_as_many_emails_at_once_as_configured,
+    a_send_longer_than_the_lease_keeps_its_claim,
+    emails_waiting_for_a_retry_go_out_soon_after_the_relay_recovers,
 );
 
 /// Polls `what` every 20 ms until it holds, for at most `within`.
@@ -195,6 +197,157 @@ async fn a_slow_relay_gets_as_many_emails_at_once_as_configured(backend: Backend
     assert!((9..=12).contains(&most), "{most} at once");
 }
 
+async fn a_send_longer_than_the_lease_keeps_its_claim(backend: Backend) {
+    // Claims hold 1 s; the relay takes 4 s to accept the message; a second
+    // replica polls every 100 ms for emails whose claim has run out.
+    let app = spawn_app_with(backend, |s| {
+        s.outbox_lease = Duration::from_secs(1);
+        s.smtp_timeout = Duration::from_secs(2);
+        s.smtp_send_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let replica = crate::helpers::spawn_replica(&app, |_| {}).await;
+    app.smtp.set_delay(Duration::from_secs(4));
+    let pool = app.db_pool().await;
+    app.start_auth("long@example.com").await.unwrap();
+
+    app.smtp.wait_for("long@example.com").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sent_count(&app).await == 1
+        })
+        .await,
+        "{:?}",
+        app.outbox_errors().await
+    );
+    // Nobody took it over while it was being sent: one claim, one copy.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.smtp.mails_to("long@example.com").len(), 1);
+    assert_eq!(
+        pool.strings("SELECT CAST(attempts AS TEXT) FROM outbox")
+            .await,
+        ["1"]
+    );
+    pool.close().await;
+    drop(replica);
+}
+
+async fn emails_waiting_for_a_retry_go_out_soon_after_the_relay_recovers(backend: Backend) {
+    // Nothing listens at the relay's address yet; a failed send is retried
+    // only 30-60 s later.
+    let relay = crate::helpers::SmtpSink::reserve_addr();
+    let app = spawn_app_with(backend, |s| {
+        s.smtp_url = Some(latchkey::config::Secret::new(format!("smtp://{relay}")));
+        s.smtp_timeout = Duration::from_secs(1);
+        s.outbox_retry_base = Duration::from_secs(60);
+        s.outbox_retry_max = Duration::from_secs(120);
+    })
+    .await;
+    let who = ["a@example.com", "b@example.com", "c@example.com"];
+    for email in who {
+        app.start_auth(email).await.unwrap();
+    }
+    // Each was tried, and waits for its retry.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            app.outbox_errors().await.len() == 3
+        })
+        .await,
+        "{:?}",
+        app.outbox_errors().await
+    );
+
+    let sink = crate::helpers::SmtpSink::start_at(relay);
+    let back = tokio::time::Instant::now();
+    for email in who {
+        sink.wait_for(email).await;
+    }
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(12),
+        "{took:?} after the relay came back"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sent_count(&app).await == 3
+        })
+        .await
+    );
+    for email in who {
+        assert_eq!(sink.mails_to(email).len(), 1, "{email}");
+    }
+}
+
+/// A replica is killed (SIGKILL) while sending: another replica sends the
+/// email it had claimed once the claim's lease runs out, not minutes later.
+#[tokio::test]
+async fn a_killed_replicas_claimed_email_goes_out_within_its_lease() {
+    use crate::helpers::{Forwarder, Served, SmtpSink, TempDir, TestDb};
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let sink = SmtpSink::start();
+    // Replica A reaches the relay through a forwarder that lets nothing
+    // through: its send hangs.
+    let relay = Forwarder::start(sink.addr).await;
+    relay.freeze();
+    let dir = TempDir::new();
+    let envs = |smtp: String| {
+        vec![
+            ("LATCHKEY_DATABASE_URL", db.url.clone()),
+            ("LATCHKEY_SMTP_URL", smtp),
+            ("LATCHKEY_SMTP_TIMEOUT", "30s".to_owned()),
+            ("LATCHKEY_OUTBOX_LEASE", "3s".to_owned()),
+            ("LATCHKEY_OUTBOX_POLL_INTERVAL", "100ms".to_owned()),
+            ("LATCHKEY_LOG", "info".to_owned()),
+        ]
+    };
+    let (a_envs, b_envs) = (envs(format!("smtp://{}", relay.addr)), envs(sink.url()));
+    let a_envs: Vec<(&str, &str)> = a_envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let b_envs: Vec<(&str, &str)> = b_envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let created = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["apikey", "create", "--name", "tests"])
+        .envs(a_envs.iter().copied())
+        .env("LATCHKEY_DATA_DIR", &dir.path)
+        .env("LATCHKEY_LOG", "error")
+        .output()
+        .await
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let a = Served::start(&dir.path, &a_envs).await;
+    let http = reqwest::Client::new();
+    let started = http
+        .post(format!("http://{}/auth/start", a.http))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"email": "killed@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 200);
+    // A has claimed it (and is stuck sending it)...
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let claimed = || async {
+        sqlx::query_scalar::<_, i32>("SELECT attempts FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == 1
+    };
+    assert!(eventually(Duration::from_secs(10), claimed).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...when it is killed.
+    a.kill().await;
+    let killed_at = tokio::time::Instant::now();
+    let _b = Served::start(&dir.path, &b_envs).await;
+    sink.wait_for_count("killed@example.com", 1).await;
+    let after = killed_at.elapsed();
+    assert!(
+        after < Duration::from_secs(9),
+        "sent {after:?} after the kill (lease 3 s)"
+    );
+    pool.close().await;
+}
+
 /// A relay outage is logged as two lines, when delivery starts failing and
 /// when it works again, not one per attempt (the real binary, its JSON log).
 #[tokio::test]
@@ -280,4 +433,91 @@ async fn a_relay_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
         warnings, 1,
         "{failed} failed attempts, one warning: {log:#?}"
     );
+}
+
+/// The bytes of an outbox claim's reply row that hold an email's kind and
+/// then its recipient (PostgreSQL sends each column as its length, four
+/// bytes big-endian, then its value).
+fn claim_reply_bytes(kind: &str, recipient: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for column in [kind, recipient] {
+        bytes.extend(u32::try_from(column.len()).unwrap().to_be_bytes());
+        bytes.extend(column.as_bytes());
+    }
+    bytes
+}
+
+/// One of a replica's database connections goes silent in the middle of
+/// claiming an email (the claim reached PostgreSQL, which locked the row;
+/// its reply and everything after it are lost, and no close arrives either
+/// way, as when a route or a conntrack entry is dropped). The email still
+/// goes out, once, well within a lease, and the replica whose connection
+/// froze goes on sending email by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_connection_frozen_mid_claim_holds_up_no_email() {
+    use std::sync::Arc;
+
+    use latchkey::{clock::Clock, config::Secret};
+
+    use crate::helpers::{SmtpSink, TempDir, TestDb, Transport, start, test_settings};
+
+    let db = Arc::new(TestDb::new(Backend::Postgres).await);
+    let (forwarder, via_forwarder) = crate::server::forwarded(&db).await;
+    let smtp = SmtpSink::start();
+    let dir = Arc::new(TempDir::new());
+    let mut settings = test_settings(&db, &dir.path, &smtp.url());
+    settings.database_statement_timeout = Duration::from_secs(1);
+    settings.database_idle_in_transaction_timeout = Duration::from_secs(2);
+    let victim = "frozen@example.com";
+    forwarder.freeze_when_server_sends(&claim_reply_bytes("sign_in", victim));
+    let a = start(
+        {
+            let mut s = settings.clone();
+            // In clear, so the forwarder can see the reply.
+            s.database_url = Some(Secret::new(format!("{via_forwarder}?sslmode=disable")));
+            s
+        },
+        db.clone(),
+        smtp.clone(),
+        dir.clone(),
+        Clock::system(),
+        Transport::Grpc,
+    )
+    .await;
+    a.start_auth(victim).await.unwrap();
+    forwarder.wait_frozen(Duration::from_secs(10)).await;
+    let frozen_at = tokio::time::Instant::now();
+
+    // Replica B reaches the database on a path of its own.
+    let b = start(
+        settings.clone(),
+        db.clone(),
+        smtp.clone(),
+        dir.clone(),
+        a.clock.clone(),
+        Transport::Grpc,
+    )
+    .await;
+    smtp.wait_for(victim).await;
+    let late = frozen_at.elapsed();
+    assert!(
+        late < Duration::from_secs(10),
+        "sent {late:?} after the freeze"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sent_count(&b).await == 1
+        })
+        .await,
+        "never recorded as sent"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.mails_to(victim).len(), 1, "one copy");
+
+    // With B gone, A sends the next email itself.
+    b.shutdown.cancel();
+    let mut b = b;
+    b.stopped().await.unwrap();
+    a.start_auth("after@example.com").await.unwrap();
+    smtp.wait_for("after@example.com").await;
 }

@@ -916,39 +916,60 @@ pub fn field_name(transport: Transport, proto: &str) -> String {
     out
 }
 
-/// A TCP forwarder to PostgreSQL that a test can cut and restore, to make the
-/// database unreachable for a server without touching the real one.
+/// A TCP forwarder (to PostgreSQL or an SMTP server) that a test controls:
+/// cut (connections dropped, new ones refused), frozen (connections kept
+/// open but nothing forwarded: a blackhole), or one connection frozen once
+/// the server sends given bytes; and restored.
 #[derive(Clone)]
 pub struct Forwarder {
     pub addr: SocketAddr,
-    up: Arc<std::sync::atomic::AtomicBool>,
+    ctl: Arc<ForwarderCtl>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+#[derive(Default)]
+struct ForwarderCtl {
+    up: std::sync::atomic::AtomicBool,
+    /// Every connection forwards nothing (until restored).
+    frozen: std::sync::atomic::AtomicBool,
+    /// Freeze the first connection on which the server sends these bytes.
+    freeze_on: Mutex<Option<Vec<u8>>>,
+    /// Connections frozen that way so far.
+    frozen_connections: std::sync::atomic::AtomicUsize,
+    froze: Notify,
 }
 
 impl Forwarder {
     pub async fn start(upstream: SocketAddr) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let ctl = Arc::new(ForwarderCtl::default());
+        ctl.up.store(true, std::sync::atomic::Ordering::SeqCst);
         let (generation, _) = tokio::sync::watch::channel(0u64);
         let generation = Arc::new(generation);
-        let (up2, gen2) = (up.clone(), generation.clone());
+        let (ctl2, gen2) = (ctl.clone(), generation.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
-                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                if !ctl2.up.load(std::sync::atomic::Ordering::SeqCst) {
                     drop(inbound); // refused while cut
                     continue;
                 }
                 let mut cut = gen2.subscribe();
+                let ctl = ctl2.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
+                    let this = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let (client_read, client_write) = inbound.into_split();
+                    let (server_read, server_write) = outbound.into_split();
+                    let up = pump(client_read, server_write, false, &ctl, &this);
+                    let down = pump(server_read, client_write, true, &ctl, &this);
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = futures_util::future::join(up, down) => {}
                         _ = cut.changed() => {}
                     }
                 });
@@ -956,19 +977,106 @@ impl Forwarder {
         });
         Self {
             addr,
-            up,
+            ctl,
             generation,
         }
     }
 
     /// Drops every forwarded connection and refuses new ones.
     pub fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.ctl
+            .up
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// A blackhole: every connection, open or new, stays open but nothing
+    /// goes through (a dropped route or conntrack entry).
+    #[allow(dead_code)] // the fault suite uses it
+    pub fn freeze(&self) {
+        self.ctl
+            .frozen
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The first connection on which the server sends `bytes` forwards
+    /// nothing more, that reply included, either way; the others carry on.
+    pub fn freeze_when_server_sends(&self, bytes: &[u8]) {
+        *self.ctl.freeze_on.lock().unwrap() = Some(bytes.to_vec());
+    }
+
+    /// Waits (up to `within`) until a connection was frozen by
+    /// [`Forwarder::freeze_when_server_sends`].
+    pub async fn wait_frozen(&self, within: Duration) {
+        tokio::time::timeout(within, async {
+            loop {
+                let froze = self.ctl.froze.notified();
+                if self
+                    .ctl
+                    .frozen_connections
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    > 0
+                {
+                    return;
+                }
+                froze.await;
+            }
+        })
+        .await
+        .expect("a connection froze in time");
+    }
+
+    /// Works again: frozen connections are dropped (as a reset would),
+    /// new ones go through.
     pub fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.ctl.frozen.swap(false, SeqCst) || self.ctl.frozen_connections.load(SeqCst) > 0 {
+            self.generation.send_modify(|g| *g += 1);
+        }
+        self.ctl.up.store(true, SeqCst);
+    }
+}
+
+/// Copies one direction of a forwarded connection until either side closes,
+/// or stops forwarding for good once the connection is frozen.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    from_server: bool,
+    ctl: &ForwarderCtl,
+    this_frozen: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        if from_server && n > 0 {
+            let mut freeze_on = ctl.freeze_on.lock().unwrap();
+            let hit = freeze_on
+                .as_deref()
+                .is_some_and(|p| buf[..n].windows(p.len()).any(|w| w == p));
+            if hit {
+                *freeze_on = None;
+                this_frozen.store(true, SeqCst);
+                ctl.frozen_connections.fetch_add(1, SeqCst);
+                ctl.froze.notify_waiters();
+            }
+        }
+        if this_frozen.load(SeqCst) || ctl.frozen.load(SeqCst) {
+            // Nothing more either way, not even a close: both ends keep
+            // waiting (until the test cuts or restores).
+            this_frozen.store(true, SeqCst);
+            let _keep = (from, to);
+            return std::future::pending().await;
+        }
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -230,6 +230,7 @@ async fn metrics_count_calls_logins_verifications_refreshes_and_emails() {
     assert!(sample(&m, "latchkey_db_connections_max") >= 1.0);
     let in_use = sample(&m, "latchkey_db_connections{state=\"in_use\"}");
     let idle = sample(&m, "latchkey_db_connections{state=\"idle\"}");
+    assert_eq!(sample(&m, "latchkey_database_up"), 1.0);
     assert!(in_use + idle >= 1.0, "{in_use} + {idle}");
     // Nothing personal in any label.
     for name in m.keys() {

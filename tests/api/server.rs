@@ -183,11 +183,14 @@ async fn invalid_configuration_exits_non_zero_naming_the_setting() {
 }
 
 /// The database goes away (a forwarder the test controls is cut): calls
-/// answer UNAVAILABLE on both transports, readiness flips to NOT_SERVING on
-/// both health surfaces, and everything recovers when it returns, without a
+/// that need it answer UNAVAILABLE on both transports, the `latchkey.database`
+/// health service goes NOT_SERVING, but readiness stays SERVING on both
+/// health surfaces and JWKS keeps answering (every replica shares the one
+/// database: taking them all out of a load balancer would only take JWKS
+/// and health down too). Everything recovers when it returns, without a
 /// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_is_unavailable_and_not_ready_and_recovers() {
+async fn a_database_outage_is_unavailable_but_leaves_the_service_ready_and_recovers() {
     use crate::helpers::TestDb;
     let db = TestDb::new(Backend::Postgres).await;
     let (forwarder, via_forwarder) = forwarded(&db).await;
@@ -203,6 +206,7 @@ async fn a_database_outage_is_unavailable_and_not_ready_and_recovers() {
         key: Some(app.key.clone()),
     };
     app.login("before@example.com").await;
+    wait_database(&app, ServingStatus::Serving).await;
 
     forwarder.cut();
     let grpc = app.start_auth("during@example.com").await.unwrap_err();
@@ -216,55 +220,75 @@ async fn a_database_outage_is_unavailable_and_not_ready_and_recovers() {
         .await
         .unwrap_err();
     assert_eq!((http.code.as_str(), http.http), ("UNAVAILABLE", Some(503)));
-    wait_ready(&app, false).await;
+    wait_database(&app, ServingStatus::NotServing).await;
+    // Still ready, and what needs no database still works.
+    assert_ready(&app).await;
+    assert!(!app.jwks().await.keys.is_empty());
+    let jwks = app
+        .http
+        .get(format!("{}/.well-known/jwks.json", app.http_base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), 200);
 
     forwarder.restore();
-    wait_ready(&app, true).await;
+    wait_database(&app, ServingStatus::Serving).await;
+    assert_ready(&app).await;
     app.login("after@example.com").await;
 }
 
-/// Polls both health surfaces until they agree on `ready`.
-async fn wait_ready(app: &TestApp, ready: bool) {
-    let want_grpc = if ready {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
-    } as i32;
-    let want_http = if ready { 200 } else { 503 };
+/// Both health surfaces say the service is ready.
+async fn assert_ready(app: &TestApp) {
     let mut health = health_client(app).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let grpc = health
+    for service in ["", "latchkey.v1.AuthService"] {
+        let status = health
             .check(HealthCheckRequest {
-                service: "latchkey.v1.AuthService".into(),
+                service: service.into(),
             })
             .await
             .unwrap()
             .into_inner()
             .status;
-        let http = app
-            .http
-            .get(format!("{}/readyz", app.http_base))
-            .send()
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let http = app
+        .http
+        .get(format!("{}/readyz", app.http_base))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(http, 200);
+}
+
+/// Polls the `latchkey.database` health service until it reports `want`.
+async fn wait_database(app: &TestApp, want: ServingStatus) {
+    let mut health = health_client(app).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: latchkey::server::DATABASE_SERVICE.into(),
+            })
             .await
             .unwrap()
-            .status()
-            .as_u16();
-        if grpc == want_grpc && http == want_http {
+            .into_inner()
+            .status;
+        if status == want as i32 {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "readiness never became {ready}"
+            "the database never became {want:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// `host:port` of a postgres URL.
 /// A forwarder the test controls in front of `db`'s PostgreSQL, and the
 /// database URL through it.
-async fn forwarded(db: &crate::helpers::TestDb) -> (crate::helpers::Forwarder, String) {
+pub async fn forwarded(db: &crate::helpers::TestDb) -> (crate::helpers::Forwarder, String) {
     let authority = url_authority(&db.url);
     let upstream = tokio::net::lookup_host(&authority)
         .await
@@ -276,6 +300,7 @@ async fn forwarded(db: &crate::helpers::TestDb) -> (crate::helpers::Forwarder, S
     (forwarder, via)
 }
 
+/// `host:port` of a postgres URL.
 fn url_authority(url: &str) -> String {
     let rest = url.split_once("://").unwrap().1;
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
@@ -348,13 +373,21 @@ async fn a_database_outage_is_logged_once_not_per_call() {
             .json(&serde_json::json!({"email": "ops@example.com"}))
             .send()
     };
-    let ready = || async {
-        http.get(format!("http://{}/readyz", served.http))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
+    // The database as this process last saw it (its own check).
+    let health = HealthClient::new(served.grpc_channel().await);
+    let database_up = || {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: latchkey::server::DATABASE_SERVICE.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                == ServingStatus::Serving as i32
+        }
     };
     assert_eq!(start().await.unwrap().status(), 200);
 
@@ -362,11 +395,11 @@ async fn a_database_outage_is_logged_once_not_per_call() {
     for _ in 0..10 {
         assert_eq!(start().await.unwrap().status(), 503);
     }
-    while ready().await {
+    while database_up().await {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     forwarder.restore();
-    while !ready().await {
+    while !database_up().await {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(start().await.unwrap().status(), 200);
