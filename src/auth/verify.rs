@@ -111,9 +111,7 @@ impl AuthService {
                 .as_ref()
                 .is_some_and(|s| s.state == SessionStage::Pending && s.proof_expires_at <= now);
             return Err(match status {
-                Some(s)
-                    if s.end_reason.as_deref() == Some(SessionEnd::TooManyAttempts.as_str()) =>
-                {
+                Some(s) if s.end_reason == Some(SessionEnd::TooManyAttempts) => {
                     Refusal::Other(AuthError::TooManyAttempts)
                 }
                 _ if expired => Refusal::Expired,

@@ -88,12 +88,19 @@ pub struct LinkedSession {
 }
 
 /// The state of a session, for explaining a refused attempt.
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 pub struct SessionStatus {
-    #[sqlx(try_from = "String")]
     pub state: SessionStage,
-    pub end_reason: Option<String>,
+    pub end_reason: Option<SessionEnd>,
     pub proof_expires_at: UnixMillis,
+}
+
+#[derive(FromRow)]
+struct StatusRow {
+    #[sqlx(try_from = "String")]
+    state: SessionStage,
+    end_reason: Option<String>,
+    proof_expires_at: UnixMillis,
 }
 
 stored_enum! {
@@ -345,13 +352,25 @@ impl Tx {
         tenant_id: &str,
         session_id: &str,
     ) -> Result<Option<SessionStatus>> {
-        Ok(on_tx!(self, "session_status", |conn| {
-            sqlx::query_as::<_, SessionStatus>(SESSION_STATUS)
+        let row = on_tx!(self, "session_status", |conn| {
+            sqlx::query_as::<_, StatusRow>(SESSION_STATUS)
                 .bind(session_id)
                 .bind(tenant_id)
                 .fetch_optional(conn)
                 .await
-        })?)
+        })?;
+        row.map(|r| {
+            Ok(SessionStatus {
+                state: r.state,
+                end_reason: r
+                    .end_reason
+                    .map(SessionEnd::try_from)
+                    .transpose()
+                    .map_err(decode_error)?,
+                proof_expires_at: r.proof_expires_at,
+            })
+        })
+        .transpose()
     }
 
     /// Makes a pending session active for `user_id`, wiping its proofs

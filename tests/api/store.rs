@@ -351,7 +351,7 @@ async fn ending_a_session_is_idempotent(backend: Backend) {
     );
     let status = tx.session_status("default", "s1").await.unwrap().unwrap();
     assert_eq!(status.state, SessionStage::Ended);
-    assert_eq!(status.end_reason.as_deref(), Some("revoked"));
+    assert_eq!(status.end_reason, Some(SessionEnd::Revoked));
     tx.commit().await.unwrap();
 }
 
