@@ -24,7 +24,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         .await
         .with_context(|| format!("connecting to the database ({})", redact_url(&url)))?;
     store
-        .migrate()
+        .migrate(crate::auth::email::canonical)
         .await
         .context("applying database migrations")?;
     Ok(store)

@@ -509,9 +509,12 @@ impl Store {
 
     /// Applies pending migrations. On PostgreSQL this holds an advisory lock,
     /// so replicas starting together migrate once. Then finishes the data
-    /// rewrites a migration left due (0004: canonical addresses, computed
-    /// by the domain's [`crate::auth::email::canonical`]).
-    pub async fn migrate(&self) -> Result<(), anyhow::Error> {
+    /// rewrites a migration left due (0004: canonical addresses, computed by
+    /// `canonical`, the domain's rule: the store does not know it).
+    pub async fn migrate(
+        &self,
+        canonical: fn(&str) -> Option<String>,
+    ) -> Result<(), anyhow::Error> {
         let migrator = self.migrator();
         match &self.pool {
             Pool::Postgres(pool) => {
@@ -522,10 +525,7 @@ impl Store {
             }
             Pool::Sqlite(pool) => migrator.run(pool).await?,
         }
-        if let Some(done) = self
-            .rewrite_addresses(crate::auth::email::canonical)
-            .await?
-        {
+        if let Some(done) = self.rewrite_addresses(canonical).await? {
             tracing::info!(
                 users = done.users,
                 superseded_users = done.superseded,

@@ -29,7 +29,10 @@ async fn store(backend: Backend) -> (Store, TestDb) {
     let store = Store::connect(&db.url, &StoreOptions::default())
         .await
         .unwrap();
-    store.migrate().await.unwrap();
+    store
+        .migrate(latchkey::auth::email::canonical)
+        .await
+        .unwrap();
     (store, db)
 }
 
@@ -59,7 +62,10 @@ async fn migrations_apply_twice_and_make_the_store_ready(backend: Backend) {
     let (store, _db) = store(backend).await;
     assert_eq!(store.backend(), backend);
     assert!(store.is_ready().await);
-    store.migrate().await.expect("migrating again is a no-op");
+    store
+        .migrate(latchkey::auth::email::canonical)
+        .await
+        .expect("migrating again is a no-op");
     assert!(store.is_ready().await);
 }
 
