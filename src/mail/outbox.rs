@@ -346,12 +346,15 @@ impl OutboxWorker {
     /// urgent (its code would otherwise expire before the batch ends).
     async fn deliver(&self, mail: ClaimedMail) -> (Outcome, bool) {
         let now = self.clock.now_ms();
+        // How the proof's expiry moves once the email is (or may be) out.
+        let mut moves = None;
         let outcome = match self.build(&mail, now) {
             Ok(Built::Send {
                 message,
                 code,
                 extend_to,
             }) => {
+                moves = extend_to;
                 let send = self.transport.send(Outgoing {
                     id: &mail.id,
                     message,
@@ -368,6 +371,7 @@ impl OutboxWorker {
                 }
             }
             Ok(Built::Discard { extend_to }) => {
+                moves = extend_to;
                 let accept = self.transport.accept_unsent();
                 match tokio::time::timeout(self.settings.send_timeout, accept).await {
                     Ok(Ok(())) => Ok(extend_to),
@@ -394,18 +398,17 @@ impl OutboxWorker {
             Err(SendError::Uncertain(error)) => self.failing.failed(error),
             Err(SendError::Permanent(_)) => {}
         }
+        // The proof's validity counts from now (within its cap). A delivery
+        // within a second of StartAuth changes nothing worth a write.
+        let extend = moves
+            .filter(|_| now - mail.created_at > EXTEND_AFTER_MS)
+            .map(|(ttl, cap)| (now + ttl).min(cap));
         let failed = match outcome {
             Ok(extend_to) => {
                 tracing::info!(
                     latency_ms = now - mail.created_at,
                     "email accepted by the mail server"
                 );
-                // The proof's validity counts from now (within its cap). A
-                // delivery within a second of StartAuth changes nothing worth
-                // a write.
-                let extend = extend_to
-                    .filter(|_| now - mail.created_at > EXTEND_AFTER_MS)
-                    .map(|(ttl, cap)| (now + ttl).min(cap));
                 // Until recorded, the code works until `created_at + ttl`;
                 // the rest of the batch may take up to the send bound.
                 let urgent = mail.session_id.is_some()
@@ -444,9 +447,15 @@ impl OutboxWorker {
             Err(SendError::Uncertain(error)) => {
                 // Sending it again at once could deliver a second copy: the
                 // relay may still accept this one (RFC 5321 §4.5.3.2.6 gives
-                // it ten minutes to answer the end of a message).
+                // it ten minutes to answer the end of a message). It most
+                // likely did: the code works from now, as if it had said so.
                 tracing::debug!(error = %error, retry_in_ms = millis(UNCERTAIN_RESEND_AFTER), "email not confirmed by the mail server: not sent again before the retry");
                 Outcome::Retry {
+                    extend: mail
+                        .session_id
+                        .clone()
+                        .zip(extend)
+                        .map(|(sid, until)| (mail.tenant_id.clone(), sid, until)),
                     id: mail.id,
                     attempts: mail.attempts,
                     at: now + millis(UNCERTAIN_RESEND_AFTER),
@@ -465,6 +474,7 @@ impl OutboxWorker {
                     attempts: mail.attempts,
                     at: now + millis(delay),
                     error,
+                    extend: None,
                 }
             }
         };

@@ -61,11 +61,14 @@ pub enum Outcome {
         extend: Option<(String, String, UnixMillis)>,
     },
     /// Failed for now: try again at `at` (only by the claim `attempts`).
+    /// When the relay may have accepted it after all (not confirmed), the
+    /// session's proof works until `extend`, as for [`Outcome::Sent`].
     Retry {
         id: String,
         attempts: i32,
         at: UnixMillis,
         error: String,
+        extend: Option<(String, String, UnixMillis)>,
     },
     /// Given up (only by the claim `attempts`).
     Dead {
@@ -391,6 +394,7 @@ impl Store {
                     attempts,
                     at,
                     error,
+                    extend,
                 } => {
                     on_tx!(tx, "record_outcomes", |conn| {
                         sqlx::query(RESCHEDULE)
@@ -402,6 +406,9 @@ impl Store {
                             .await
                             .map(|r| r.rows_affected())
                     })?;
+                    if let Some((tenant_id, session_id, until)) = extend {
+                        tx.extend_proof(tenant_id, session_id, *until).await?;
+                    }
                 }
                 Outcome::Dead {
                     id,
@@ -494,6 +501,7 @@ impl Store {
             attempts,
             at,
             error: error.to_owned(),
+            extend: None,
         }])
         .await
     }

@@ -14,6 +14,7 @@ both_backends!(
     a_slow_relay_gets_as_many_emails_at_once_as_configured,
     a_send_longer_than_the_lease_keeps_its_claim,
     emails_waiting_for_a_retry_go_out_soon_after_the_relay_recovers,
+    a_code_whose_email_may_have_been_delivered_works_from_then,
 );
 
 /// Polls `what` every 20 ms until it holds, for at most `within`.
@@ -276,6 +277,49 @@ async fn emails_waiting_for_a_retry_go_out_soon_after_the_relay_recovers(backend
     for email in who {
         assert_eq!(sink.mails_to(email).len(), 1, "{email}");
     }
+}
+
+async fn a_code_whose_email_may_have_been_delivered_works_from_then(backend: Backend) {
+    // Codes work 10 s from delivery (at most 2 min after StartAuth).
+    let relay = crate::helpers::SmtpSink::reserve_addr();
+    let app = spawn_app_with(backend, |s| {
+        s.smtp_url = Some(latchkey::config::Secret::new(format!("smtp://{relay}")));
+        s.smtp_timeout = Duration::from_secs(1);
+        s.smtp_send_timeout = Duration::from_secs(1);
+        s.code_ttl = Duration::from_secs(10);
+        s.code_max_age = Duration::from_secs(120);
+    })
+    .await;
+    let started = app.start_auth("maybe@example.com").await.unwrap();
+    // Nothing listens at the relay yet: the first attempt fails.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !app.outbox_errors().await.is_empty()
+        })
+        .await
+    );
+    // 20 s on (past the code's first 10 s), a relay comes up that takes the
+    // message but answers its end too late: latchkey cannot tell whether
+    // it was accepted.
+    app.clock.advance(Duration::from_secs(20));
+    let sink = crate::helpers::SmtpSink::start_at(relay);
+    sink.set_delay(Duration::from_secs(3));
+    let mail = sink.wait_for("maybe@example.com").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.outbox_errors()
+                .await
+                .iter()
+                .any(|e| e.starts_with(latchkey::store::UNCONFIRMED))
+        })
+        .await,
+        "{:?}",
+        app.outbox_errors().await
+    );
+    // It was delivered: its code works, as if the relay had said so.
+    app.verify(&started.session_id, &mail.code())
+        .await
+        .expect("the code of an email that may have been delivered works");
 }
 
 /// A replica is killed (SIGKILL) while sending: another replica sends the
