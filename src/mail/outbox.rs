@@ -85,12 +85,33 @@ enum Built {
 /// a connection to the relay. The first probe that works closes it and
 /// brings every message waiting for a retry forward, so an outage's backlog
 /// goes out seconds after the relay recovers, not at each message's backoff.
-#[derive(Debug, Default)]
+///
+/// A relay that takes connections but refuses mail (421 to MAIL) passes a
+/// connection probe: when sending fails again right after one closed the
+/// breaker, connection probes stop until an email goes through, so such an
+/// outage costs the queued emails one extra attempt, not one per probe.
+#[derive(Debug)]
 pub struct Breaker {
     /// Temporary failures since the last success.
     failures: u32,
     /// While open: when the next probe may go, and the wait after it.
     open: Option<(tokio::time::Instant, Duration)>,
+    /// Whether a connection (no email) may serve as a probe.
+    connection_probes: bool,
+    /// The breaker was last closed by a connection probe, and no email has
+    /// gone through since.
+    closed_by_connection: bool,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            failures: 0,
+            open: None,
+            connection_probes: true,
+            closed_by_connection: false,
+        }
+    }
 }
 
 /// What the worker may claim now.
@@ -121,6 +142,19 @@ impl Breaker {
     /// A send worked; true when that closed the breaker.
     fn worked(&mut self) -> bool {
         self.failures = 0;
+        self.connection_probes = true;
+        self.closed_by_connection = false;
+        self.open.take().is_some()
+    }
+
+    /// A connection probe worked: true when that closed the breaker (it
+    /// does only while connection probes are trusted).
+    fn connected(&mut self) -> bool {
+        if !self.connection_probes {
+            return false;
+        }
+        self.failures = 0;
+        self.closed_by_connection = true;
         self.open.take().is_some()
     }
 
@@ -128,6 +162,9 @@ impl Breaker {
     /// between probes.
     fn failed(&mut self, first: Duration) {
         self.failures += 1;
+        if std::mem::take(&mut self.closed_by_connection) {
+            self.connection_probes = false;
+        }
         let now = tokio::time::Instant::now();
         self.open = match self.open {
             // The rest of the batch that opened it: the schedule stands.
@@ -231,9 +268,21 @@ impl OutboxWorker {
         let claimed = batch.len();
         if claimed == 0 && limit == 1 {
             // Nothing due to probe with: does the relay take a connection?
+            // (Unless that has proven to say nothing: then wait for an email
+            // to come due.)
+            let trusted = self.breaker.lock().expect("breaker lock").connection_probes;
+            if !trusted {
+                self.breaker_failed();
+                return Ok(0);
+            }
             let probe = self.transport.accept_unsent();
             match tokio::time::timeout(self.settings.send_timeout, probe).await {
-                Ok(Ok(())) => self.relay_works().await,
+                Ok(Ok(())) => {
+                    let closed = self.breaker.lock().expect("breaker lock").connected();
+                    if closed {
+                        self.bring_forward().await;
+                    }
+                }
                 // (Not an email that failed: the outage log counts those.)
                 _ => self.breaker_failed(),
             }
@@ -491,17 +540,22 @@ impl OutboxWorker {
         self.failing.worked();
         let closed = self.breaker.lock().expect("breaker lock").worked();
         if closed {
-            match self.store.bring_mail_forward(self.clock.now_ms()).await {
-                Ok(n) => tracing::info!(
-                    brought_forward = n,
-                    "the mail relay works again: emails waiting for a retry go now"
-                ),
-                Err(e) => crate::telemetry::DATABASE
-                    .failed(&format!("outbox: bringing retries forward failed: {e:#}")),
-            }
-            // Claim them at once.
-            self.wake.notify_one();
+            self.bring_forward().await;
         }
+    }
+
+    /// The breaker closed: every message waiting for a retry goes now.
+    async fn bring_forward(&self) {
+        match self.store.bring_mail_forward(self.clock.now_ms()).await {
+            Ok(n) => tracing::info!(
+                brought_forward = n,
+                "the mail relay works again: emails waiting for a retry go now"
+            ),
+            Err(e) => crate::telemetry::DATABASE
+                .failed(&format!("outbox: bringing retries forward failed: {e:#}")),
+        }
+        // Claim them at once.
+        self.wake.notify_one();
     }
 
     /// A send failed for a temporary reason.
@@ -626,4 +680,49 @@ fn count_outcomes(outcomes: &[Outcome]) {
     crate::metrics::count_n(crate::metrics::EMAILS, "event", "sent", sent);
     crate::metrics::count_n(crate::metrics::EMAILS, "event", "retried", retried);
     crate::metrics::count_n(crate::metrics::EMAILS, "event", "dead", dead);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Breaker, Plan};
+
+    #[test]
+    fn the_breaker_opens_after_failures_in_a_row_and_probes_until_one_works() {
+        let first = Duration::from_millis(50);
+        let mut breaker = Breaker::default();
+        breaker.failed(first);
+        assert_eq!(breaker.plan(), Plan::Batch, "one failure is not an outage");
+        breaker.failed(first);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(breaker.plan(), Plan::Probe);
+        // A failed probe: wait twice as long for the next.
+        breaker.failed(first);
+        assert!(matches!(breaker.plan(), Plan::WaitUntil(_)));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(breaker.plan(), Plan::Probe);
+        assert!(breaker.worked(), "a working probe closes it");
+        assert_eq!(breaker.plan(), Plan::Batch);
+        assert!(!breaker.worked(), "already closed");
+    }
+
+    #[test]
+    fn a_connection_probe_stops_counting_once_mail_fails_right_after_one() {
+        let first = Duration::from_millis(50);
+        let mut breaker = Breaker::default();
+        breaker.failed(first);
+        breaker.failed(first);
+        assert!(breaker.connected(), "the relay takes connections again");
+        // ...but refuses mail (421): the next failure says so.
+        breaker.failed(first);
+        breaker.failed(first);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(breaker.plan(), Plan::Probe);
+        assert!(!breaker.connected(), "a connection no longer closes it");
+        assert!(breaker.worked(), "an email does");
+        breaker.failed(first);
+        breaker.failed(first);
+        assert!(breaker.connected(), "and connections count again");
+    }
 }
