@@ -6,7 +6,7 @@
 #
 # Without LATCHKEY_DATABASE_URL it runs on SQLite in /var/lib/latchkey (inside
 # the container: mount a volume there to keep it). See README.md "Running it
-# for real" and the Helm chart in helm/latchkey.
+# for real", docs/operations.md and the Helm chart in helm/latchkey.
 
 # ---------------------------------------------------------------------------
 FROM rust:1.95-slim-bookworm AS builder
@@ -16,14 +16,19 @@ ENV CARGO_TERM_COLOR=never
 # 1. Dependencies only, in their own layer: rebuilt when Cargo.toml,
 #    Cargo.lock, build.rs or the protos change, not on every source edit.
 #    Stub targets stand in for the crate's own code (the manifest names a
-#    library, a binary, a test and a bench, which must exist to be parsed).
+#    library, a binary, a test and a bench, which must exist to be parsed),
+#    and for the workspace's other member, the Rust client (its manifest
+#    only: the image never builds it).
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY clients/rust/Cargo.toml ./clients/rust/
 COPY proto ./proto
-RUN mkdir -p src benches tests/api \
+RUN mkdir -p src benches tests/api clients/rust/src clients/rust/examples \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \
     && echo 'fn main() {}' > benches/load.rs \
     && : > tests/api/main.rs \
+    && : > clients/rust/src/lib.rs \
+    && echo 'fn main() {}' > clients/rust/examples/axum.rs \
     && cargo build --release --locked \
     && rm -rf src \
         target/release/latchkey target/release/latchkey.d \

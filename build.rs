@@ -38,5 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ignore_unknown_fields()
         .build(&[".latchkey"])?;
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds the migration files but cannot see a new one:
+    // rebuild the crate whenever `migrations/` changes.
+    println!("cargo:rerun-if-changed=migrations");
     Ok(())
 }

@@ -3,7 +3,9 @@
 # flags generates code for the languages the protos name a package for (Java,
 # C#, Objective-C, PHP, Ruby), and the Java compiles with javac against
 # protobuf-java when both are installed (Debian: protobuf-compiler,
-# libprotobuf-java, default-jdk-headless). Go needs protoc-gen-go: not here.
+# libprotobuf-java, default-jdk-headless). Go, when protoc-gen-go and
+# protoc-gen-go-grpc are installed: the same code as clients/go/latchkeyv1,
+# which compiles (clients/go/go.sh vet in CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="$(mktemp -d)"
@@ -26,6 +28,16 @@ expect csharp/Auth.cs "namespace Latchkey.V1"
 expect objc/latchkey/v1/Auth.pbobjc.h "@interface LTKUser"
 expect php/Latchkey/V1/User.php "namespace Latchkey\\V1;"
 expect ruby/latchkey/v1/auth_pb.rb "  module V1"
+
+if command -v protoc-gen-go > /dev/null && command -v protoc-gen-go-grpc > /dev/null; then
+    mkdir "$out/go"
+    protoc -I proto "--go_out=$out/go" "--go-grpc_out=$out/go" "${files[@]}"
+    # Only the header line naming protoc's version differs from buf's output.
+    diff -r -I '^//[[:space:]]*protoc[[:space:]]' clients/go/latchkeyv1 \
+        "$out/go/github.com/latchkey/latchkey/clients/go/latchkeyv1" ||
+        { echo "protoc check: protoc's Go output differs from clients/go/latchkeyv1" >&2; exit 1; }
+    echo "protoc check: Go generated, the same as clients/go/latchkeyv1"
+fi
 
 jar=/usr/share/java/protobuf.jar
 if command -v javac > /dev/null && [ -f "$jar" ]; then

@@ -3,7 +3,7 @@
 # binary (build it first: `cargo build`) on free loopback ports, with a fresh
 # data dir (SQLite, dev mailbox: emails land in $LATCHKEY_DATA_DIR/mailbox).
 #
-#   clients/run-e2e.sh [python] [typescript]     (default: every client)
+#   clients/run-e2e.sh [python] [typescript] [go] [rust]     (default: every client)
 #
 # The tests find the server through LATCHKEY_E2E_* variables, and run
 # `latchkey keys rotate` with the same LATCHKEY_* settings as the server.
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 root="$PWD"
 
 clients=("$@")
-[ ${#clients[@]} -gt 0 ] || clients=(python typescript)
+[ ${#clients[@]} -gt 0 ] || clients=(python typescript go rust)
 
 work="$(mktemp -d)"
 server=""
@@ -70,12 +70,32 @@ export LATCHKEY_E2E_API_KEY="$(cat "$LATCHKEY_DATA_DIR/dev-api-key")"
 export LATCHKEY_E2E_MAILBOX="$LATCHKEY_DATA_DIR/mailbox"
 echo "latchkey serving: gRPC $grpc, HTTP $http"
 
+# The Rust tests pass without a server (they skip): each records its name in
+# LATCHKEY_E2E_RAN when it ran to its end, and every test the binary lists
+# must be there.
+rust_e2e() {
+    export LATCHKEY_E2E_RAN="$work/rust-ran"
+    : > "$LATCHKEY_E2E_RAN"
+    cargo test --quiet -p latchkey-client --all-features || return 1
+    local listed ran
+    listed="$(cargo test --quiet -p latchkey-client --all-features --test e2e -- --list --format=terse | sed -n 's/: test$//p' | sort)"
+    ran="$(sort "$LATCHKEY_E2E_RAN")"
+    if [ -z "$listed" ] || [ "$listed" != "$ran" ]; then
+        echo "the Rust end-to-end tests did not all run against the server:" >&2
+        echo "listed: $(echo $listed)" >&2
+        echo "ran:    $(echo $ran)" >&2
+        return 1
+    fi
+}
+
 status=0
 for client in "${clients[@]}"; do
     echo "== $client client, end to end"
     case "$client" in
         python) (cd clients/python && python3 -m pytest -q -p no:cacheprovider) || status=1 ;;
         typescript) (cd clients/typescript && npm test) || status=1 ;;
+        go) clients/go/go.sh test -count=1 -tags e2e ./... || status=1 ;;
+        rust) rust_e2e || status=1 ;;
         *) echo "unknown client $client" >&2; status=1 ;;
     esac
 done

@@ -1,7 +1,10 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
-use latchkey::{cli, config::Cli, telemetry};
+use latchkey::{
+    cli::{self, Cli},
+    telemetry,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -1,5 +1,7 @@
 //! Prometheus metrics: one process-wide recorder (the `metrics` facade),
-//! rendered as Prometheus text at `GET /metrics` on the HTTP listener.
+//! rendered as Prometheus text at `GET /metrics` on a listener of its own
+//! (`LATCHKEY_METRICS_ADDR`), never the gateway's: the counts describe every
+//! tenant's traffic, so only the monitoring system should reach them.
 //!
 //! Label values come from small fixed sets (RPC names, machine codes,
 //! results): never an email, an id or a tenant.

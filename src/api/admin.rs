@@ -205,60 +205,90 @@ impl admin_service_server::AdminService for GrpcAdmin {
     }
 }
 
-pub fn settings_from_proto(p: proto::TenantSettings) -> TenantSettings {
-    TenantSettings {
-        issuer: p.issuer,
-        audience: p.audience,
-        access_token_ttl_seconds: p.access_token_ttl_seconds,
-        session_ttl_seconds: p.session_ttl_seconds,
-        // Out-of-range lengths become 0, which validation refuses.
-        code_length: p.code_length.map(|v| u8::try_from(v).unwrap_or(0)),
-        code_ttl_seconds: p.code_ttl_seconds,
-        code_max_attempts: p.code_max_attempts,
-        mail_from: p.mail_from,
-        app_name: p.app_name,
-        allowed_validation_urls: Some(p.allowed_validation_urls).filter(|v| !v.is_empty()),
-        default_locale: p.default_locale,
-        signup_policy: match proto::SignupPolicy::try_from(p.signup_policy) {
-            Ok(proto::SignupPolicy::LoginOrCreate) => Some(SignupPolicy::LoginOrCreate),
-            Ok(proto::SignupPolicy::LoginOnly) => Some(SignupPolicy::LoginOnly),
-            _ => None,
-        },
-        notify_unknown_address: p.notify_unknown_address,
-        default_validation_url: p.default_validation_url,
-        rate_limit_email: p.rate_limit_email,
-        rate_limit_ip: p.rate_limit_ip,
-        rate_limit_tenant: p.rate_limit_tenant,
-        verify_failure_budget: p.verify_failure_budget,
+/// How a tenant setting's type travels in `proto::TenantSettings`.
+trait Wire: Sized {
+    type Proto;
+    fn from_proto(p: Self::Proto) -> Option<Self>;
+    fn to_proto(v: &Option<Self>) -> Self::Proto;
+}
+
+/// Types that travel as proto3 `optional` fields of the same type.
+macro_rules! optional_wire {
+    ($($ty:ty),+) => {$(
+        impl Wire for $ty {
+            type Proto = Option<$ty>;
+            fn from_proto(p: Self::Proto) -> Option<Self> {
+                p
+            }
+            fn to_proto(v: &Option<Self>) -> Self::Proto {
+                v.clone()
+            }
+        }
+    )+};
+}
+optional_wire!(String, u32, bool);
+
+impl Wire for u8 {
+    type Proto = Option<u32>;
+    fn from_proto(p: Option<u32>) -> Option<u8> {
+        // Out-of-range values become 0, which validation refuses.
+        p.map(|v| u8::try_from(v).unwrap_or(0))
+    }
+    fn to_proto(v: &Option<u8>) -> Option<u32> {
+        v.map(u32::from)
     }
 }
 
-pub fn settings_to_proto(s: &TenantSettings) -> proto::TenantSettings {
-    proto::TenantSettings {
-        issuer: s.issuer.clone(),
-        audience: s.audience.clone(),
-        access_token_ttl_seconds: s.access_token_ttl_seconds,
-        session_ttl_seconds: s.session_ttl_seconds,
-        code_length: s.code_length.map(u32::from),
-        code_ttl_seconds: s.code_ttl_seconds,
-        code_max_attempts: s.code_max_attempts,
-        mail_from: s.mail_from.clone(),
-        app_name: s.app_name.clone(),
-        allowed_validation_urls: s.allowed_validation_urls.clone().unwrap_or_default(),
-        default_locale: s.default_locale.clone(),
-        signup_policy: match s.signup_policy {
+/// A repeated field cannot be absent: empty means "not set".
+impl Wire for Vec<String> {
+    type Proto = Vec<String>;
+    fn from_proto(p: Vec<String>) -> Option<Self> {
+        Some(p).filter(|v| !v.is_empty())
+    }
+    fn to_proto(v: &Option<Self>) -> Vec<String> {
+        v.clone().unwrap_or_default()
+    }
+}
+
+impl Wire for SignupPolicy {
+    type Proto = i32;
+    fn from_proto(p: i32) -> Option<Self> {
+        match proto::SignupPolicy::try_from(p) {
+            Ok(proto::SignupPolicy::LoginOrCreate) => Some(SignupPolicy::LoginOrCreate),
+            Ok(proto::SignupPolicy::LoginOnly) => Some(SignupPolicy::LoginOnly),
+            _ => None,
+        }
+    }
+    fn to_proto(v: &Option<Self>) -> i32 {
+        let p = match v {
             None => proto::SignupPolicy::Unspecified,
             Some(SignupPolicy::LoginOrCreate) => proto::SignupPolicy::LoginOrCreate,
             Some(SignupPolicy::LoginOnly) => proto::SignupPolicy::LoginOnly,
-        } as i32,
-        notify_unknown_address: s.notify_unknown_address,
-        default_validation_url: s.default_validation_url.clone(),
-        rate_limit_email: s.rate_limit_email,
-        rate_limit_ip: s.rate_limit_ip,
-        rate_limit_tenant: s.rate_limit_tenant,
-        verify_failure_budget: s.verify_failure_budget,
+        };
+        p as i32
     }
 }
+
+/// The conversions, one field per row of the tenant settings table
+/// (`auth::settings`): a row without its proto field, or a proto field
+/// without its row, does not compile.
+macro_rules! define_proto_settings {
+    ($($(#[doc = $doc:literal])* $name:ident: $ty:ty as $kind:ident = $flag:literal => $rule:expr;)+) => {
+        pub fn settings_from_proto(p: proto::TenantSettings) -> TenantSettings {
+            TenantSettings {
+                $($name: <$ty as Wire>::from_proto(p.$name),)+
+            }
+        }
+
+        pub fn settings_to_proto(s: &TenantSettings) -> proto::TenantSettings {
+            proto::TenantSettings {
+                $($name: <$ty as Wire>::to_proto(&s.$name),)+
+            }
+        }
+    };
+}
+
+crate::auth::settings::with_tenant_settings!(define_proto_settings);
 
 /// A tenant as one of the messages with Tenant's fields (`Tenant` itself,
 /// and the Create/Get/UpdateTenant responses, which repeat its fields so the

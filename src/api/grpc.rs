@@ -117,92 +117,11 @@ pub fn reply<T>(result: Result<T, AuthError>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(status)
 }
 
-#[tonic::async_trait]
-impl auth_service_server::AuthService for GrpcAuth {
-    async fn start_auth(
-        &self,
-        request: Request<proto::StartAuthRequest>,
-    ) -> Result<Response<proto::StartAuthResponse>, Status> {
-        let tenant = tenant(&request)?;
-        reply(self.api.start_auth(&tenant, request.into_inner()).await)
-    }
-
-    async fn verify(
-        &self,
-        request: Request<proto::VerifyRequest>,
-    ) -> Result<Response<proto::VerifyResponse>, Status> {
-        let tenant = tenant(&request)?;
-        reply(self.api.verify(&tenant, request.into_inner()).await)
-    }
-
-    async fn refresh(
-        &self,
-        request: Request<proto::RefreshRequest>,
-    ) -> Result<Response<proto::RefreshResponse>, Status> {
-        let tenant = tenant(&request)?;
-        reply(self.api.refresh(&tenant, request.into_inner()).await)
-    }
-
-    async fn revoke(
-        &self,
-        request: Request<proto::RevokeRequest>,
-    ) -> Result<Response<proto::RevokeResponse>, Status> {
-        let tenant = tenant(&request)?;
-        reply(self.api.revoke(&tenant, request.into_inner()).await)
-    }
-
-    async fn resend_code(
-        &self,
-        request: Request<proto::ResendCodeRequest>,
-    ) -> Result<Response<proto::ResendCodeResponse>, Status> {
-        let tenant = tenant(&request)?;
-        reply(self.api.resend_code(&tenant, request.into_inner()).await)
-    }
-
-    async fn list_sessions(
-        &self,
-        request: Request<proto::ListSessionsRequest>,
-    ) -> Result<Response<proto::ListSessionsResponse>, Status> {
-        let tenant = tenant(&request)?;
-        reply(self.api.list_sessions(&tenant, request.into_inner()).await)
-    }
-
-    async fn revoke_session(
-        &self,
-        request: Request<proto::RevokeSessionRequest>,
-    ) -> Result<Response<proto::RevokeSessionResponse>, Status> {
-        let tenant = tenant(&request)?;
-        reply(self.api.revoke_session(&tenant, request.into_inner()).await)
-    }
-
-    async fn revoke_all_sessions(
-        &self,
-        request: Request<proto::RevokeAllSessionsRequest>,
-    ) -> Result<Response<proto::RevokeAllSessionsResponse>, Status> {
-        let tenant = tenant(&request)?;
-        reply(
-            self.api
-                .revoke_all_sessions(&tenant, request.into_inner())
-                .await,
-        )
-    }
-
-    async fn introspect_token(
-        &self,
-        request: Request<proto::IntrospectTokenRequest>,
-    ) -> Result<Response<proto::IntrospectTokenResponse>, Status> {
-        let tenant = tenant(&request)?;
-        reply(
-            self.api
-                .introspect_token(&tenant, request.into_inner())
-                .await,
-        )
-    }
-
+impl GrpcAuth {
     /// Public: the named tenant's keys; without a name, the tenant of the
     /// API key sent (a key, if sent, must be valid), else the default
     /// tenant's.
-    async fn get_jwks(
+    async fn jwks(
         &self,
         request: Request<proto::GetJwksRequest>,
     ) -> Result<Response<proto::GetJwksResponse>, Status> {
@@ -219,6 +138,34 @@ impl auth_service_server::AuthService for GrpcAuth {
         Ok(Response::new(jwks.as_ref().clone()))
     }
 }
+
+/// The service: one method per row of [`crate::gateway_rpcs!`], each calling
+/// the same-named [`Api`] method for the caller's tenant, plus GetJwks.
+macro_rules! auth_service {
+    ($($method:ident $rpc:ident($req:ident) -> $resp:ident at $path:literal
+        also [$($status:literal),*] $(with $hook:path)?;)+) => {
+        #[tonic::async_trait]
+        impl auth_service_server::AuthService for GrpcAuth {
+            $(async fn $method(
+                &self,
+                request: Request<proto::$req>,
+            ) -> Result<Response<proto::$resp>, Status> {
+                let tenant = tenant(&request)?;
+                reply(self.api.$method(&tenant, request.into_inner()).await)
+            })+
+
+            /// Public: see `GrpcAuth::jwks`.
+            async fn get_jwks(
+                &self,
+                request: Request<proto::GetJwksRequest>,
+            ) -> Result<Response<proto::GetJwksResponse>, Status> {
+                self.jwks(request).await
+            }
+        }
+    };
+}
+
+crate::gateway_rpcs!(auth_service);
 
 /// Tonic refuses a request larger than [`MAX_REQUEST_BYTES`] while decoding
 /// it, with OUT_OF_RANGE and no details. This response mapper (a layer on the

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod grpc;
 pub mod openapi;
 pub mod rest;
+pub mod rpcs;
 
 use std::{
     collections::HashMap,
@@ -23,6 +24,11 @@ use crate::{
     error::AuthError,
     proto,
 };
+
+/// proto3 has no absent string: an empty (or blank) one means "not given".
+fn given(text: String) -> Option<String> {
+    Some(text).filter(|t| !t.trim().is_empty())
+}
 
 /// Tenant id -> (key set version, GetJwks response).
 type JwksCache = HashMap<String, (u64, Arc<proto::GetJwksResponse>)>;
@@ -64,13 +70,15 @@ impl Api {
                 auth::StartAuth {
                     email: req.email,
                     method,
-                    validation_url: req.validation_url,
+                    validation_url: given(req.validation_url),
                     client: auth::ClientInfo {
-                        ip: client.ip,
-                        user_agent: client.user_agent,
+                        ip: given(client.ip),
+                        // (Only empty is absent: blanks and control
+                        // characters are the domain's to refuse.)
+                        user_agent: Some(client.user_agent).filter(|ua| !ua.is_empty()),
                     },
-                    locale: req.locale,
-                    idempotency_key: req.idempotency_key,
+                    locale: given(req.locale),
+                    idempotency_key: given(req.idempotency_key),
                 },
             )
             .await
@@ -93,9 +101,9 @@ impl Api {
             auth.verify(
                 &tenant,
                 auth::VerifyProof {
-                    session_id: req.session_id,
-                    code: req.code,
-                    link_token: req.link_token,
+                    session_id: given(req.session_id),
+                    code: given(req.code),
+                    link_token: given(req.link_token),
                 },
             )
             .await
@@ -139,8 +147,12 @@ impl Api {
     ) -> Result<proto::RevokeResponse, AuthError> {
         let (auth, tenant) = (self.auth.clone(), tenant.clone());
         to_completion(async move {
-            auth.revoke(&tenant, &req.refresh_token, &req.session_id)
-                .await
+            auth.revoke(
+                &tenant,
+                given(req.refresh_token).as_deref(),
+                given(req.session_id).as_deref(),
+            )
+            .await
         })
         .await?;
         Ok(proto::RevokeResponse {})
@@ -212,8 +224,12 @@ impl Api {
     ) -> Result<proto::RevokeAllSessionsResponse, AuthError> {
         let (auth, tenant) = (self.auth.clone(), tenant.clone());
         let revoked = to_completion(async move {
-            auth.revoke_all_sessions(&tenant, &req.user_id, &req.except_session_id)
-                .await
+            auth.revoke_all_sessions(
+                &tenant,
+                &req.user_id,
+                given(req.except_session_id).as_deref(),
+            )
+            .await
         })
         .await?;
         Ok(proto::RevokeAllSessionsResponse {
@@ -235,16 +251,16 @@ impl Api {
             active: found.active,
             session_ended: found.session_ended,
             claims: found.claims.map(|c| proto::TokenClaims {
-                iss: c.iss,
-                aud: c.aud,
-                sub: c.sub,
-                email: c.email,
-                sid: c.sid,
-                tid: c.tid,
+                iss: c.iss.into_owned(),
+                aud: c.aud.into_owned(),
+                sub: c.sub.into_owned(),
+                email: c.email.into_owned(),
+                sid: c.sid.into_owned(),
+                tid: c.tid.into_owned(),
                 iat: Some(seconds(c.iat)),
                 nbf: Some(seconds(c.nbf)),
                 exp: Some(seconds(c.exp)),
-                jti: c.jti,
+                jti: c.jti.into_owned(),
             }),
         })
     }

@@ -20,6 +20,7 @@ use super::{Api, Readiness, grpc::MAX_REQUEST_BYTES};
 use crate::{
     auth::{apikeys::Scope, tenants::Tenant},
     error::{AuthError, ErrorCode},
+    proto,
 };
 
 /// What the gateway's handlers share.
@@ -34,24 +35,15 @@ pub struct RestState {
     pub openapi: Arc<str>,
 }
 
-/// The gateway's routes. (The OpenAPI document lists the same operations; a
-/// test checks the two agree.)
+/// The gateway's routes. (The OpenAPI document lists the same operations: its
+/// RPC routes come from the same table; a test checks the fixed ones.)
 pub fn router(state: RestState) -> Router {
-    // The AuthService routes check the API key before reading the body.
-    let authenticated = Router::new()
-        .route("/auth/start", post(start))
-        .route("/auth/verify", post(verify))
-        .route("/auth/refresh", post(refresh))
-        .route("/auth/revoke", post(revoke))
-        .route("/auth/resend", post(resend_code))
-        .route("/sessions/list", post(list_sessions))
-        .route("/sessions/revoke", post(revoke_session))
-        .route("/sessions/revoke-all", post(revoke_all_sessions))
-        .route("/tokens/introspect", post(introspect_token))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
-        ));
+    // The AuthService routes (one per row of `gateway_rpcs!`) check the API
+    // key before reading the body.
+    let authenticated = rpc_routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        authenticate,
+    ));
     Router::new()
         .merge(authenticated)
         .route("/.well-known/jwks.json", get(default_jwks))
@@ -64,14 +56,13 @@ pub fn router(state: RestState) -> Router {
         .with_state(state)
 }
 
+/// A hook of the [`crate::gateway_rpcs!`] table, for StartAuth:
 /// `Idempotency-Key` (the HTTP header convention) is accepted in place of
 /// the body's `idempotencyKey`; giving both, they must agree.
-async fn start(
-    State(s): State<RestState>,
-    Extension(tenant): Extension<Arc<Tenant>>,
-    headers: HeaderMap,
-    JsonBody(mut req): JsonBody<crate::proto::StartAuthRequest>,
-) -> Result<Json, RestError> {
+fn idempotency_key_header(
+    headers: &HeaderMap,
+    mut req: proto::StartAuthRequest,
+) -> Result<proto::StartAuthRequest, AuthError> {
     if let Some(value) = headers.get("idempotency-key") {
         let key = value
             .to_str()
@@ -80,38 +71,52 @@ async fn start(
             return Err(AuthError::invalid(
                 "idempotency_key",
                 "the Idempotency-Key header and the body's idempotencyKey differ",
-            )
-            .into());
+            ));
         }
         req.idempotency_key = key.to_owned();
     }
-    Ok(Json::ok(&s.api.start_auth(&tenant, req).await?))
+    Ok(req)
 }
 
-/// A handler that reads a request message, calls the same-named [`Api`]
-/// method for the caller's tenant and answers its response message.
-macro_rules! rpc_handler {
-    ($($name:ident: $request:ident;)+) => {$(
-        async fn $name(
-            State(s): State<RestState>,
-            Extension(tenant): Extension<Arc<Tenant>>,
-            JsonBody(req): JsonBody<crate::proto::$request>,
-        ) -> Result<Json, RestError> {
-            Ok(Json::ok(&s.api.$name(&tenant, req).await?))
+/// The hook of a row that names none: the request as sent.
+fn as_sent<T>(_: &HeaderMap, req: T) -> Result<T, AuthError> {
+    Ok(req)
+}
+
+/// A row's hook, or [`as_sent`].
+macro_rules! hook_or_as_sent {
+    () => {
+        as_sent
+    };
+    ($hook:path) => {
+        $hook
+    };
+}
+
+/// One route per row of [`crate::gateway_rpcs!`]: read the request message
+/// (after the API key check), run the row's hook, call the same-named
+/// [`Api`] method for the caller's tenant, answer its response message.
+macro_rules! rpc_routes {
+    ($($method:ident $rpc:ident($req:ident) -> $resp:ident at $path:literal
+        also [$($status:literal),*] $(with $hook:path)?;)+) => {
+        fn rpc_routes() -> Router<RestState> {
+            Router::new()$(.route(
+                $path,
+                post(
+                    |State(s): State<RestState>,
+                     Extension(tenant): Extension<Arc<Tenant>>,
+                     headers: HeaderMap,
+                     JsonBody(req): JsonBody<proto::$req>| async move {
+                        let req = hook_or_as_sent!($($hook)?)(&headers, req)?;
+                        Ok::<_, RestError>(Json::ok(&s.api.$method(&tenant, req).await?))
+                    },
+                ),
+            ))+
         }
-    )+};
+    };
 }
 
-rpc_handler! {
-    verify: VerifyRequest;
-    refresh: RefreshRequest;
-    revoke: RevokeRequest;
-    resend_code: ResendCodeRequest;
-    list_sessions: ListSessionsRequest;
-    revoke_session: RevokeSessionRequest;
-    revoke_all_sessions: RevokeAllSessionsRequest;
-    introspect_token: IntrospectTokenRequest;
-}
+crate::gateway_rpcs!(rpc_routes);
 
 /// Checks the API key (the same [`Api::caller`] gRPC uses) and hands the
 /// caller's tenant to the handler.
@@ -219,8 +224,8 @@ async fn openapi(State(s): State<RestState>) -> Response {
 /// The span name and method label of a gateway path (see
 /// [`crate::telemetry::RpcLayer`]).
 pub fn http_call_name(path: &str) -> (&'static str, &'static str) {
-    if let Some(route) = super::openapi::rpc_of_path(path) {
-        return route;
+    if let Some(rpc) = super::rpcs::GatewayRpc::at(path) {
+        return (rpc.path, rpc.rpc);
     }
     match path {
         "/.well-known/jwks.json" => ("/.well-known/jwks.json", "GetJwks"),

@@ -30,6 +30,19 @@ pub struct ApiKeyInfo {
     pub last_used_at: Option<UnixMillis>,
 }
 
+impl ApiKeyInfo {
+    /// `revoked`, `expired` or `active` at `now`.
+    pub fn state(&self, now: UnixMillis) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+}
+
 /// A key just made: its text is shown once, here.
 pub struct CreatedKey {
     pub info: ApiKeyInfo,
@@ -327,7 +340,7 @@ fn validate_name<'a>(field: &'static str, name: &'a str) -> Result<&'a str, Auth
 
 /// For `clear_settings` validation messages.
 pub fn setting_names() -> &'static [&'static str] {
-    &SETTING_NAMES
+    SETTING_NAMES
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! One mailbox is one identity. [`EmailAddress::parse`] turns what a caller
 //! typed into the address's one canonical form, which is what users, rate
 //! limits, wrong-code budgets, sessions and the outbox store (the rule is
-//! stated in the README, "One mailbox, one identity"):
+//! stated in docs/guarantees.md, "One mailbox, one identity"):
 //!
 //! - surrounding whitespace is removed;
 //! - the local part is case-insensitive (lower-cased, as every major mail

@@ -73,11 +73,11 @@ impl CodeHasher {
     }
 }
 
-const REFRESH_PREFIX: &str = "lkr_";
+pub const REFRESH_PREFIX: &str = "lkr_";
 const LINK_PREFIX: &str = "lkl_";
 const TOKEN_BYTES: usize = 32;
 /// Length of the base64url text of 32 bytes, without padding.
-const TOKEN_B64_LEN: usize = 43;
+pub const TOKEN_B64_LEN: usize = 43;
 
 /// `prefix` and 256 random bits in base64url.
 fn random_token(prefix: &str) -> String {

@@ -1,10 +1,12 @@
 //! The sessions API: a user's sessions, ending them, and token
 //! introspection for callers that cannot verify JWTs themselves.
 
-use serde::Deserialize;
-
-use super::{AuthService, parse_uuid, tenants::Tenant};
-use crate::{clock::UnixMillis, error::AuthError, store::SessionEnd};
+use super::{AuthService, input::parse_uuid, tenants::Tenant, tokens::AccessClaims};
+use crate::{
+    clock::UnixMillis,
+    error::AuthError,
+    store::{SessionEnd, SessionStage},
+};
 
 /// Most sessions ListSessions returns (newest first).
 pub const MAX_LISTED_SESSIONS: i64 = 100;
@@ -21,12 +23,12 @@ pub enum SessionState {
 }
 
 impl SessionState {
-    fn of(state: &str, expires_at: Option<UnixMillis>, now: UnixMillis) -> Self {
-        match state {
-            "pending" => Self::Pending,
-            "active" if expires_at.is_some_and(|e| e > now) => Self::Active,
-            "active" => Self::Expired,
-            _ => Self::Ended,
+    fn of(stage: SessionStage, expires_at: Option<UnixMillis>, now: UnixMillis) -> Self {
+        match stage {
+            SessionStage::Pending => Self::Pending,
+            SessionStage::Active if expires_at.is_some_and(|e| e > now) => Self::Active,
+            SessionStage::Active => Self::Expired,
+            SessionStage::Ended => Self::Ended,
         }
     }
 }
@@ -46,32 +48,17 @@ pub struct SessionInfo {
     pub user_agent: String,
 }
 
-/// The claims of an access token (as signed by `sign_access_token`).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct TokenClaims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub email: String,
-    pub sid: String,
-    pub tid: String,
-    pub iat: i64,
-    pub nbf: i64,
-    pub exp: i64,
-    pub jti: String,
-}
-
 /// What IntrospectToken found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Introspection {
     pub active: bool,
     /// Present when the token is genuine and the caller's tenant's.
-    pub claims: Option<TokenClaims>,
+    pub claims: Option<AccessClaims<'static>>,
     pub session_ended: bool,
 }
 
 /// Longest token IntrospectToken reads (ours are well under 1 KiB).
-const MAX_TOKEN_LEN: usize = 8 * 1024;
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 impl AuthService {
     /// A user's sessions in the caller's tenant, newest first. An unknown
@@ -92,7 +79,7 @@ impl AuthService {
         Ok(rows
             .into_iter()
             .map(|r| SessionInfo {
-                state: SessionState::of(&r.state, r.expires_at, now),
+                state: SessionState::of(r.state, r.expires_at, now),
                 id: r.id,
                 end_reason: r.end_reason.unwrap_or_default(),
                 created_at: r.created_at,
@@ -109,7 +96,7 @@ impl AuthService {
     /// Ends one session by id. Idempotent, like [`AuthService::revoke`].
     pub async fn revoke_session(&self, tenant: &Tenant, session_id: &str) -> Result<(), AuthError> {
         let session_id = parse_uuid(session_id, "session_id")?;
-        self.revoke(tenant, "", &session_id).await
+        self.revoke(tenant, None, Some(&session_id)).await
     }
 
     /// Ends every active session of a user but `except_session_id` (if
@@ -119,17 +106,22 @@ impl AuthService {
         &self,
         tenant: &Tenant,
         user_id: &str,
-        except_session_id: &str,
+        except_session_id: Option<&str>,
     ) -> Result<u64, AuthError> {
         let user_id = parse_uuid(user_id, "user_id")?;
-        let except = match except_session_id.trim() {
-            "" => String::new(),
-            given => parse_uuid(given, "except_session_id")?,
-        };
+        let except = except_session_id
+            .map(|given| parse_uuid(given, "except_session_id"))
+            .transpose()?;
         let now = self.inner.clock.now_ms();
         let mut tx = self.inner.store.begin().await?;
         let ended = tx
-            .end_user_sessions(&tenant.id, &user_id, &except, SessionEnd::Revoked, now)
+            .end_user_sessions(
+                &tenant.id,
+                &user_id,
+                except.as_deref(),
+                SessionEnd::Revoked,
+                now,
+            )
             .await?;
         tx.commit().await?;
         tracing::info!(ended, "sessions revoked");
@@ -163,13 +155,13 @@ impl AuthService {
             .ring(&tenant.id)
             .await
             .map_err(AuthError::Internal)?;
-        let Some(claims) = ring.verify::<TokenClaims>(token) else {
+        let Some(claims) = ring.verify::<AccessClaims<'static>>(token) else {
             return Ok(Introspection::default());
         };
         if claims.tid != tenant.id || claims.iss != policy.issuer || claims.aud != policy.audience {
             return Ok(Introspection::default());
         }
-        tracing::Span::current().record("session_id", claims.sid.as_str());
+        tracing::Span::current().record("session_id", &*claims.sid);
         let now = self.inner.clock.now_ms();
         let now_s = now.div_euclid(1000);
         let in_lifetime = claims.nbf <= now_s && now_s < claims.exp;
@@ -180,7 +172,7 @@ impl AuthService {
             .await?
         {
             Some((state, expires_at)) => {
-                SessionState::of(&state, expires_at, now) == SessionState::Active
+                SessionState::of(state, expires_at, now) == SessionState::Active
             }
             None => false,
         };
@@ -199,14 +191,20 @@ mod tests {
     #[test]
     fn an_active_session_past_its_lifetime_is_expired() {
         assert_eq!(
-            SessionState::of("active", Some(10), 5),
+            SessionState::of(SessionStage::Active, Some(10), 5),
             SessionState::Active
         );
         assert_eq!(
-            SessionState::of("active", Some(10), 10),
+            SessionState::of(SessionStage::Active, Some(10), 10),
             SessionState::Expired
         );
-        assert_eq!(SessionState::of("ended", Some(10), 5), SessionState::Ended);
-        assert_eq!(SessionState::of("pending", None, 5), SessionState::Pending);
+        assert_eq!(
+            SessionState::of(SessionStage::Ended, Some(10), 5),
+            SessionState::Ended
+        );
+        assert_eq!(
+            SessionState::of(SessionStage::Pending, None, 5),
+            SessionState::Pending
+        );
     }
 }

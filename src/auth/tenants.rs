@@ -7,12 +7,12 @@
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
-use super::{Policy, links::Allowlist};
+use super::Policy;
+pub use super::settings::{SETTING_NAMES, TenantSettings};
 use crate::{
     clock::UnixMillis,
     error::AuthError,
@@ -31,314 +31,15 @@ pub enum SignupPolicy {
     LoginOnly,
 }
 
-/// A tenant's overrides of the server defaults; absent fields inherit them.
-/// Stored as JSON in `tenants.settings`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantSettings {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub issuer: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audience: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub access_token_ttl_seconds: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_ttl_seconds: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code_length: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code_ttl_seconds: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code_max_attempts: Option<u32>,
-    /// Sender of this tenant's emails, e.g. `Acme <login@acme.example>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mail_from: Option<String>,
-    /// The app name shown in this tenant's emails.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub app_name: Option<String>,
-    /// Where this tenant's magic links may point.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allowed_validation_urls: Option<Vec<String>>,
-    /// Language of emails when a request names none (e.g. `en`, `de`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub default_locale: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signup_policy: Option<SignupPolicy>,
-    /// With login-only: email a "no account" notice to unknown addresses
-    /// (default: send nothing).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub notify_unknown_address: Option<bool>,
-    /// The validation URL for a StartAuth that names none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub default_validation_url: Option<String>,
-    /// Sign-in emails per address per window (0: no limit).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit_email: Option<u32>,
-    /// StartAuth calls per client IP per window (0: no limit).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit_ip: Option<u32>,
-    /// Sign-in emails for the tenant per minute (0: no limit).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit_tenant: Option<u32>,
-    /// Wrong codes per address per hour before backoff (0: no budget).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verify_failure_budget: Option<u32>,
-}
-
-/// The setting names, as the admin surface spells them (for `clear`).
-pub const SETTING_NAMES: [&str; 18] = [
-    "issuer",
-    "audience",
-    "access_token_ttl_seconds",
-    "session_ttl_seconds",
-    "code_length",
-    "code_ttl_seconds",
-    "code_max_attempts",
-    "mail_from",
-    "app_name",
-    "allowed_validation_urls",
-    "default_locale",
-    "signup_policy",
-    "notify_unknown_address",
-    "default_validation_url",
-    "rate_limit_email",
-    "rate_limit_ip",
-    "rate_limit_tenant",
-    "verify_failure_budget",
-];
-
-impl TenantSettings {
-    /// `self` with every field `other` sets replaced.
-    pub fn merged(&self, other: &TenantSettings) -> TenantSettings {
-        macro_rules! pick {
-            ($($f:ident),*) => { TenantSettings { $($f: other.$f.clone().or_else(|| self.$f.clone())),* } };
+impl std::str::FromStr for SignupPolicy {
+    type Err = String;
+    /// The spelling of the CLI: `login-or-create` or `login-only`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "login-or-create" => Ok(Self::LoginOrCreate),
+            "login-only" => Ok(Self::LoginOnly),
+            _ => Err("expected `login-or-create` or `login-only`".into()),
         }
-        pick!(
-            issuer,
-            audience,
-            access_token_ttl_seconds,
-            session_ttl_seconds,
-            code_length,
-            code_ttl_seconds,
-            code_max_attempts,
-            mail_from,
-            app_name,
-            allowed_validation_urls,
-            default_locale,
-            signup_policy,
-            notify_unknown_address,
-            default_validation_url,
-            rate_limit_email,
-            rate_limit_ip,
-            rate_limit_tenant,
-            verify_failure_budget
-        )
-    }
-
-    /// Resets the named setting to the server default.
-    pub fn clear(&mut self, name: &str) -> Result<(), AuthError> {
-        match name {
-            "issuer" => self.issuer = None,
-            "audience" => self.audience = None,
-            "access_token_ttl_seconds" => self.access_token_ttl_seconds = None,
-            "session_ttl_seconds" => self.session_ttl_seconds = None,
-            "code_length" => self.code_length = None,
-            "code_ttl_seconds" => self.code_ttl_seconds = None,
-            "code_max_attempts" => self.code_max_attempts = None,
-            "mail_from" => self.mail_from = None,
-            "app_name" => self.app_name = None,
-            "allowed_validation_urls" => self.allowed_validation_urls = None,
-            "default_locale" => self.default_locale = None,
-            "signup_policy" => self.signup_policy = None,
-            "notify_unknown_address" => self.notify_unknown_address = None,
-            "default_validation_url" => self.default_validation_url = None,
-            "rate_limit_email" => self.rate_limit_email = None,
-            "rate_limit_ip" => self.rate_limit_ip = None,
-            "rate_limit_tenant" => self.rate_limit_tenant = None,
-            "verify_failure_budget" => self.verify_failure_budget = None,
-            _ => {
-                return Err(AuthError::invalid(
-                    "clear_settings",
-                    format!("unknown setting {name:?}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// These settings but the one named.
-    fn only(&self, name: &str) -> TenantSettings {
-        let mut only = self.clone();
-        for other in SETTING_NAMES.iter().filter(|n| **n != name) {
-            only.clear(other).expect("a known setting");
-        }
-        only
-    }
-
-    /// The settings that are set but change nothing: each, on its own,
-    /// leaves `defaults` as they are.
-    pub fn repeating_defaults(&self, defaults: &Policy) -> Vec<&'static str> {
-        SETTING_NAMES
-            .into_iter()
-            .filter(|name| {
-                let only = self.only(name);
-                only != TenantSettings::default()
-                    && only.apply(defaults).is_ok_and(|p| p == *defaults)
-            })
-            .collect()
-    }
-
-    /// Each setting on its own onto `defaults`, skipping those that fail;
-    /// the access-token lifetime is capped at the session's.
-    fn apply_each(&self, defaults: &Policy) -> Policy {
-        let mut policy = defaults.clone();
-        for name in SETTING_NAMES {
-            if let Ok(p) = self.only(name).apply(&policy) {
-                policy = p;
-            }
-        }
-        policy.access_token_ttl = policy.access_token_ttl.min(policy.session_ttl);
-        policy
-    }
-
-    /// The effective policy: `defaults` overridden by these settings, checked
-    /// as a whole (the error names the setting at fault).
-    pub fn apply(&self, defaults: &Policy) -> Result<Policy, AuthError> {
-        let mut p = defaults.clone();
-        let bad = |field: &'static str, reason: &str| Err(AuthError::invalid(field, reason));
-        if let Some(v) = &self.issuer {
-            if v.trim().is_empty() || v.len() > 512 {
-                return bad("settings.issuer", "must be 1 to 512 characters");
-            }
-            p.issuer = v.clone();
-        }
-        if let Some(v) = &self.audience {
-            if v.trim().is_empty() || v.len() > 512 {
-                return bad("settings.audience", "must be 1 to 512 characters");
-            }
-            p.audience = v.clone();
-        }
-        let seconds = |v: u32| Duration::from_secs(u64::from(v));
-        if let Some(v) = self.access_token_ttl_seconds {
-            if !(60..=86_400).contains(&v) {
-                return bad(
-                    "settings.access_token_ttl_seconds",
-                    "must be between 60 and 86400",
-                );
-            }
-            p.access_token_ttl = seconds(v);
-        }
-        if let Some(v) = self.session_ttl_seconds {
-            if v < 60 {
-                return bad("settings.session_ttl_seconds", "must be at least 60");
-            }
-            p.session_ttl = seconds(v);
-        }
-        if p.access_token_ttl > p.session_ttl {
-            return bad(
-                "settings.access_token_ttl_seconds",
-                "must not be longer than the session lifetime",
-            );
-        }
-        if let Some(v) = self.code_length {
-            if !(6..=10).contains(&v) {
-                return bad("settings.code_length", "must be between 6 and 10");
-            }
-            p.code_length = v;
-        }
-        if let Some(v) = self.code_ttl_seconds {
-            if !(60..=3_600).contains(&v) {
-                return bad("settings.code_ttl_seconds", "must be between 60 and 3600");
-            }
-            p.code_ttl = seconds(v);
-        }
-        if let Some(v) = self.code_max_attempts {
-            if !(1..=20).contains(&v) {
-                return bad("settings.code_max_attempts", "must be between 1 and 20");
-            }
-            p.code_max_attempts = v;
-        }
-        if let Some(v) = &self.mail_from {
-            if v.parse::<lettre::message::Mailbox>().is_err() {
-                return bad(
-                    "settings.mail_from",
-                    "must be a mailbox like `Acme <login@acme.example>`",
-                );
-            }
-            p.mail_from = v.clone();
-        }
-        if let Some(v) = &self.app_name {
-            if v.trim().is_empty() || v.chars().count() > 100 || v.chars().any(char::is_control) {
-                return bad(
-                    "settings.app_name",
-                    "must be 1 to 100 characters, no control characters",
-                );
-            }
-            p.app_name = v.clone();
-        }
-        if let Some(urls) = &self.allowed_validation_urls {
-            if urls.len() > 50 {
-                return bad("settings.allowed_validation_urls", "at most 50 entries");
-            }
-            p.allowed_validation_urls = Allowlist::parse(urls)
-                .map_err(|e| AuthError::invalid("settings.allowed_validation_urls", e))?;
-        }
-        if let Some(url) = &self.default_validation_url {
-            p.default_validation_url = Some(url.clone());
-        }
-        if let Some(url) = &p.default_validation_url
-            && !p.allowed_validation_urls.permits(url)
-        {
-            return bad(
-                "settings.default_validation_url",
-                "must be one of the allowed validation URLs",
-            );
-        }
-        if let Some(v) = &self.default_locale {
-            if !super::links::is_locale(v) {
-                return bad(
-                    "settings.default_locale",
-                    "must be a language tag like `en` or `pt-BR`",
-                );
-            }
-            p.default_locale = v.clone();
-        }
-        if let Some(v) = self.signup_policy {
-            p.signup_policy = v;
-        }
-        for (value, target, field) in [
-            (
-                self.rate_limit_email,
-                &mut p.limits.per_email,
-                "settings.rate_limit_email",
-            ),
-            (
-                self.rate_limit_ip,
-                &mut p.limits.per_ip,
-                "settings.rate_limit_ip",
-            ),
-            (
-                self.rate_limit_tenant,
-                &mut p.limits.per_tenant_minute,
-                "settings.rate_limit_tenant",
-            ),
-            (
-                self.verify_failure_budget,
-                &mut p.limits.failure_budget,
-                "settings.verify_failure_budget",
-            ),
-        ] {
-            if let Some(v) = value {
-                if v > 1_000_000 {
-                    return bad(field, "must be at most 1000000 (0: no limit)");
-                }
-                *target = v;
-            }
-        }
-        if let Some(v) = self.notify_unknown_address {
-            p.notify_unknown_address = v;
-        }
-        Ok(p)
     }
 }
 
@@ -463,10 +164,12 @@ impl Tenants {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn defaults() -> Policy {
-        Policy::from_settings(&crate::config::Settings::defaults())
+        crate::config::Settings::defaults().default_policy()
     }
 
     #[test]

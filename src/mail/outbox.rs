@@ -21,15 +21,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    KIND_NO_ACCOUNT, KIND_SIGN_IN, KIND_SUPPRESSED, open_payload,
     templates::{SignInEmail, Templates},
     transport::{Outgoing, SendError, Transport},
 };
 use crate::{
-    auth::{email::EmailAddress, tenants::Tenants},
+    auth::{email::EmailAddress, payload, tenants::Tenants},
     clock::{Clock, UnixMillis, millis},
     kek::Kek,
-    store::{ClaimedMail, Outcome, Store, UNCONFIRMED},
+    store::{ClaimedMail, MailKind, Outcome, Store, UNCONFIRMED},
 };
 
 /// How the worker paces itself.
@@ -314,7 +313,7 @@ impl OutboxWorker {
         let mut ended = batch
             .into_iter()
             .map(|mail| async move {
-                let counted = mail.kind != KIND_SUPPRESSED;
+                let counted = mail.kind != MailKind::Suppressed;
                 let (outcome, urgent) = self.deliver(mail).await;
                 (outcome, counted, urgent)
             })
@@ -588,7 +587,7 @@ impl OutboxWorker {
             .payload_sealed
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("payload already erased"))?;
-        let payload = open_payload(&self.kek, &mail.id, sealed)?;
+        let payload = payload::open(&self.kek, &mail.id, sealed)?;
         let locale = self
             .templates
             .resolve_locale(&payload.locale, &policy.default_locale)
@@ -607,8 +606,8 @@ impl OutboxWorker {
             return Ok(Built::Expired);
         }
         let extend_to = Some((ttl, cap));
-        let (rendered, code) = match mail.kind.as_str() {
-            KIND_SIGN_IN => {
+        let (rendered, code) = match mail.kind {
+            MailKind::SignIn => {
                 let rendered = self.templates.sign_in(
                     &mail.tenant_id,
                     &locale,
@@ -622,7 +621,7 @@ impl OutboxWorker {
                 )?;
                 (rendered, payload.code.unwrap_or_default())
             }
-            KIND_NO_ACCOUNT => (
+            MailKind::NoAccount => (
                 self.templates.no_account(
                     &mail.tenant_id,
                     &locale,
@@ -631,8 +630,7 @@ impl OutboxWorker {
                 )?,
                 String::new(),
             ),
-            KIND_SUPPRESSED => return Ok(Built::Discard { extend_to }),
-            other => anyhow::bail!("unknown mail kind {other}"),
+            MailKind::Suppressed => return Ok(Built::Discard { extend_to }),
         };
         let from: Mailbox = policy.mail_from.parse()?;
         let domain = from.email.domain().to_owned();

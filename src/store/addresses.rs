@@ -2,7 +2,7 @@
 //! canonical form are rewritten once, right after the schema migrations
 //! (the canonical form needs IDNA, which SQL lacks). See
 //! `migrations/*/0004_canonical_addresses.sql` and "One mailbox, one
-//! identity" in the README.
+//! identity" in docs/guarantees.md.
 
 use std::collections::HashMap;
 
@@ -87,38 +87,38 @@ impl Store {
         done.superseded = superseded.len() as u64;
 
         // Sessions and mail: the same address, wherever it is.
-        let sessions: Vec<String> = on_tx!(tx, "rewrite_addresses", |conn| {
-            sqlx::query_scalar("SELECT DISTINCT email FROM auth_sessions")
-                .fetch_all(conn)
-                .await
-        })?;
-        for old in sessions {
-            if let Some(new) = canonical(&old).filter(|new| *new != old) {
-                done.sessions += on_tx!(tx, "rewrite_addresses", |conn| {
-                    sqlx::query("UPDATE auth_sessions SET email = $1 WHERE email = $2")
-                        .bind(&new)
-                        .bind(&old)
-                        .execute(conn)
-                        .await
-                        .map(|r| r.rows_affected())
-                })?;
+        let columns: [(&str, &str, &str); 2] = [
+            (
+                "auth_sessions",
+                "SELECT DISTINCT email FROM auth_sessions",
+                "UPDATE auth_sessions SET email = $1 WHERE email = $2",
+            ),
+            (
+                "outbox",
+                "SELECT DISTINCT recipient FROM outbox",
+                "UPDATE outbox SET recipient = $1 WHERE recipient = $2",
+            ),
+        ];
+        for (table, select, update) in columns {
+            let stored: Vec<String> = on_tx!(tx, "rewrite_addresses", |conn| {
+                sqlx::query_scalar(select).fetch_all(conn).await
+            })?;
+            let mut rewritten = 0;
+            for old in stored {
+                if let Some(new) = canonical(&old).filter(|new| *new != old) {
+                    rewritten += on_tx!(tx, "rewrite_addresses", |conn| {
+                        sqlx::query(update)
+                            .bind(&new)
+                            .bind(&old)
+                            .execute(conn)
+                            .await
+                            .map(|r| r.rows_affected())
+                    })?;
+                }
             }
-        }
-        let recipients: Vec<String> = on_tx!(tx, "rewrite_addresses", |conn| {
-            sqlx::query_scalar("SELECT DISTINCT recipient FROM outbox")
-                .fetch_all(conn)
-                .await
-        })?;
-        for old in recipients {
-            if let Some(new) = canonical(&old).filter(|new| *new != old) {
-                done.outbox += on_tx!(tx, "rewrite_addresses", |conn| {
-                    sqlx::query("UPDATE outbox SET recipient = $1 WHERE recipient = $2")
-                        .bind(&new)
-                        .bind(&old)
-                        .execute(conn)
-                        .await
-                        .map(|r| r.rows_affected())
-                })?;
+            match table {
+                "outbox" => done.outbox = rewritten,
+                _ => done.sessions = rewritten,
             }
         }
         tx.commit().await?;

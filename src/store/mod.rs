@@ -4,22 +4,54 @@
 //! where a dialect truly differs both texts sit side by side. The conformance
 //! tests run every operation on both backends.
 
+/// A closed set of words stored in a TEXT column: each variant's spelling is
+/// written once, encoded with `as_str` when binding and decoded with
+/// `TryFrom<String>` (`#[sqlx(try_from = "String")]` on a row's field), so
+/// no layer above the store compares strings.
+macro_rules! stored_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vmeta])* $variant,)+ }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(text: String) -> std::result::Result<Self, String> {
+                match text.as_str() {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(concat!("unknown ", stringify!($name), " {:?}"), text)),
+                }
+            }
+        }
+    };
+}
+
+/// A stored word no variant spells (a row written by a newer version, or
+/// corruption).
+fn decode_error(message: String) -> StoreError {
+    StoreError(sqlx::Error::Decode(message.into()))
+}
+
 mod addresses;
+mod deadline;
 mod keys;
 mod limits;
 mod outbox;
+mod refresh_tokens;
 mod sessions;
 mod tenants;
 
-use std::{
-    path::Path,
-    str::FromStr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     PgPool, SqlitePool,
@@ -32,14 +64,17 @@ pub use addresses::AddressRewrite;
 pub use keys::{NewSigningKey, SigningKeyRow};
 pub use limits::{ExistingKey, Hit, NewIdempotencyKey};
 pub use outbox::{
-    ClaimedMail, NewMail, OUTBOX_CHANNEL, OutboxCounts, OutboxListener, OutboxRow, Outcome,
-    PLAN_CHECKED_STATEMENTS, UNCONFIRMED,
+    ClaimedMail, MailKind, NewMail, OUTBOX_CHANNEL, OutboxCounts, OutboxListener, OutboxRow,
+    Outcome, PLAN_CHECKED_STATEMENTS, UNCONFIRMED,
 };
+pub use refresh_tokens::{ActiveSession, RotatedRefreshToken};
 pub use sessions::{
-    ActiveSession, CodeAttempt, LinkedSession, NewSession, PendingSession, RotatedRefreshToken,
-    SessionEnd, SessionRow, SessionStatus, UserRow,
+    CodeAttempt, LinkedSession, Method, NewSession, PendingSession, SessionEnd, SessionRow,
+    SessionStage, SessionStatus, UserRow,
 };
 pub use tenants::{ApiKeyRow, Counter, TenantRow};
+
+use deadline::{Deadline, Stalls};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -209,120 +244,6 @@ impl Tx {
     }
 }
 
-/// The bound on every database call: a statement (or a begin, a commit)
-/// that gets no answer within it fails as unavailable, and its connection is
-/// not reused. PostgreSQL itself cancels a statement at `statement_timeout`,
-/// a second earlier, so this fires only when the answer cannot arrive: a
-/// connection that went silent (a failover, a dropped route or conntrack
-/// entry), which would otherwise hold the call, and any row locks it took,
-/// for good.
-#[derive(Clone, Debug)]
-struct Deadline {
-    after: Duration,
-    stalls: Arc<Stalls>,
-}
-
-/// When calls were last abandoned at their deadline. A connection given
-/// back to the pool within [`Stalls::WINDOW`] of that is checked with a
-/// bounded ping before reuse, so the one that went silent is closed rather
-/// than pinged forever (the pool's own check has no bound) and kept out of
-/// the pool's count for good. Other times nothing is checked.
-#[derive(Debug)]
-struct Stalls {
-    epoch: std::time::Instant,
-    /// Milliseconds after `epoch` until which released connections are
-    /// checked (0: none).
-    check_until: AtomicU64,
-}
-
-impl Stalls {
-    /// How long after an abandoned call released connections are checked.
-    const WINDOW: Duration = Duration::from_secs(30);
-    /// How long that check may take.
-    const PING: Duration = Duration::from_secs(1);
-
-    fn new() -> Self {
-        Self {
-            epoch: std::time::Instant::now(),
-            check_until: AtomicU64::new(0),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// A call is being abandoned: check the connections released soon.
-    fn abandoned(&self) {
-        let until = self.now_ms() + u64::try_from(Self::WINDOW.as_millis()).unwrap_or(0);
-        self.check_until.fetch_max(until, Ordering::Relaxed);
-    }
-
-    fn checking(&self) -> bool {
-        self.now_ms() < self.check_until.load(Ordering::Relaxed)
-    }
-}
-
-impl Deadline {
-    /// Runs one call's `work` within the deadline.
-    async fn bound<T>(
-        &self,
-        op: &'static str,
-        work: impl Future<Output = std::result::Result<T, sqlx::Error>>,
-    ) -> std::result::Result<T, sqlx::Error> {
-        let watched = Watched {
-            stalls: &self.stalls,
-            done: false,
-            work: Box::pin(work),
-        };
-        match tokio::time::timeout(self.after, watched).await {
-            Ok(result) => result,
-            Err(_) => {
-                crate::metrics::count(crate::metrics::DB_TIMEOUTS, "operation", op);
-                Err(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no answer from the database within {:?} ({op}): the connection is \
-                         dropped",
-                        self.after
-                    ),
-                )))
-            }
-        }
-    }
-}
-
-/// A call's work; dropped unfinished, it marks the stall *before* the
-/// connection it holds goes back to the pool (fields drop after `drop`).
-struct Watched<'a, F> {
-    stalls: &'a Stalls,
-    done: bool,
-    work: std::pin::Pin<Box<F>>,
-}
-
-impl<F: Future> Future for Watched<'_, F> {
-    type Output = F::Output;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let polled = self.work.as_mut().poll(cx);
-        if polled.is_ready() {
-            self.done = true;
-        }
-        polled
-    }
-}
-
-impl<F> Drop for Watched<'_, F> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.stalls.abandoned();
-        }
-    }
-}
-
 /// A pool's connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolUsage {
@@ -469,9 +390,12 @@ impl Store {
 
     /// Applies pending migrations. On PostgreSQL this holds an advisory lock,
     /// so replicas starting together migrate once. Then finishes the data
-    /// rewrites a migration left due (0004: canonical addresses, computed
-    /// by the domain's [`crate::auth::email::canonical`]).
-    pub async fn migrate(&self) -> Result<(), anyhow::Error> {
+    /// rewrites a migration left due (0004: canonical addresses, computed by
+    /// `canonical`, the domain's rule: the store does not know it).
+    pub async fn migrate(
+        &self,
+        canonical: fn(&str) -> Option<String>,
+    ) -> Result<(), anyhow::Error> {
         let migrator = self.migrator();
         match &self.pool {
             Pool::Postgres(pool) => {
@@ -482,10 +406,7 @@ impl Store {
             }
             Pool::Sqlite(pool) => migrator.run(pool).await?,
         }
-        if let Some(done) = self
-            .rewrite_addresses(crate::auth::email::canonical)
-            .await?
-        {
+        if let Some(done) = self.rewrite_addresses(canonical).await? {
             tracing::info!(
                 users = done.users,
                 superseded_users = done.superseded,
@@ -599,4 +520,24 @@ fn ensure_dir(dir: &Path) -> Result<()> {
         return Ok(());
     }
     crate::files::create_private_dir(dir).map_err(|e| StoreError(sqlx::Error::Io(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `migrations/postgres` and `migrations/sqlite` are numbered in
+    /// lockstep: the same versions with the same names, so a store on either
+    /// engine is ready at the same version.
+    #[test]
+    fn both_engines_have_the_same_migrations() {
+        let listed = |m: &Migrator| -> Vec<(i64, String)> {
+            m.iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect()
+        };
+        let postgres = listed(&POSTGRES_MIGRATIONS);
+        assert!(!postgres.is_empty());
+        assert_eq!(postgres, listed(&SQLITE_MIGRATIONS));
+    }
 }

@@ -5,12 +5,27 @@ use sqlx::FromRow;
 use super::{Result, Store, Tx, on_pool, on_tx};
 use crate::clock::UnixMillis;
 
+stored_enum! {
+    /// Which email an outbox row is (`kind`).
+    pub enum MailKind {
+        /// A sign-in email: a code, a magic link, or both.
+        SignIn = "sign_in",
+        /// A notice to an unknown address of a login-only tenant: "no
+        /// account here".
+        NoAccount = "no_account",
+        /// Nothing to send (an unknown address of a login-only tenant
+        /// without notices). Written so both answers cost the same; never
+        /// delivered.
+        Suppressed = "suppressed",
+    }
+}
+
 #[derive(Debug)]
 pub struct NewMail<'a> {
     pub id: &'a str,
     pub tenant_id: &'a str,
     pub session_id: Option<&'a str>,
-    pub kind: &'a str,
+    pub kind: MailKind,
     pub recipient: &'a str,
     pub payload_sealed: Option<&'a [u8]>,
     pub created_at: UnixMillis,
@@ -26,7 +41,8 @@ pub struct ClaimedMail {
     pub id: String,
     pub tenant_id: String,
     pub session_id: Option<String>,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: MailKind,
     pub recipient: String,
     pub payload_sealed: Option<Vec<u8>>,
     /// Delivery attempts, this one included.
@@ -262,7 +278,7 @@ impl Tx {
                 .bind(m.id)
                 .bind(m.tenant_id)
                 .bind(m.session_id)
-                .bind(m.kind)
+                .bind(m.kind.as_str())
                 .bind(m.recipient)
                 .bind(m.payload_sealed)
                 .bind(m.created_at)

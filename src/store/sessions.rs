@@ -2,7 +2,7 @@
 
 use sqlx::FromRow;
 
-use super::{Result, Store, Tx, on_pool, on_tx};
+use super::{MailKind, Result, Store, Tx, decode_error, on_pool, on_tx};
 use crate::clock::UnixMillis;
 
 /// A login session as StartAuth creates it.
@@ -11,7 +11,7 @@ pub struct NewSession<'a> {
     pub id: &'a str,
     pub tenant_id: &'a str,
     pub email: &'a str,
-    pub method: &'a str,
+    pub method: Method,
     pub code_hash: Option<&'a [u8]>,
     pub link_hash: Option<&'a [u8]>,
     pub proof_expires_at: UnixMillis,
@@ -22,7 +22,7 @@ pub struct NewSession<'a> {
     /// which email the session gets (sign-in, notice, nothing).
     pub validation_url: Option<&'a str>,
     pub locale: &'a str,
-    pub mail_kind: &'a str,
+    pub mail_kind: MailKind,
 }
 
 /// What a counted verification attempt sees.
@@ -42,21 +42,34 @@ pub struct UserRow {
 }
 
 /// A pending session, as a resend sees it.
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 pub struct PendingSession {
     pub email: String,
-    pub method: String,
+    pub method: Method,
     pub validation_url: Option<String>,
     pub locale: Option<String>,
-    pub mail_kind: Option<String>,
+    /// (None for a login from before resends existed.)
+    pub mail_kind: Option<MailKind>,
     pub created_at: UnixMillis,
+}
+
+#[derive(FromRow)]
+struct PendingRow {
+    email: String,
+    #[sqlx(try_from = "String")]
+    method: Method,
+    validation_url: Option<String>,
+    locale: Option<String>,
+    mail_kind: Option<String>,
+    created_at: UnixMillis,
 }
 
 /// A user's login session, as listed.
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
 pub struct SessionRow {
     pub id: String,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: SessionStage,
     pub end_reason: Option<String>,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
@@ -75,48 +88,46 @@ pub struct LinkedSession {
 }
 
 /// The state of a session, for explaining a refused attempt.
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 pub struct SessionStatus {
-    pub state: String,
-    pub end_reason: Option<String>,
+    pub state: SessionStage,
+    pub end_reason: Option<SessionEnd>,
     pub proof_expires_at: UnixMillis,
 }
 
-/// An active session, as a refresh sees it.
-#[derive(Debug, FromRow)]
-pub struct ActiveSession {
-    pub user_id: String,
-    pub email: String,
-    pub expires_at: UnixMillis,
+#[derive(FromRow)]
+struct StatusRow {
+    #[sqlx(try_from = "String")]
+    state: SessionStage,
+    end_reason: Option<String>,
+    proof_expires_at: UnixMillis,
 }
 
-/// A refresh token that was already rotated, with its session.
-#[derive(Debug, FromRow)]
-pub struct RotatedRefreshToken {
-    pub session_id: String,
-    pub rotated_at: Option<UnixMillis>,
-    pub successor_sealed: Option<Vec<u8>>,
-    pub state: String,
-    pub user_id: Option<String>,
-    pub email: String,
-    pub expires_at: Option<UnixMillis>,
+stored_enum! {
+    /// Why a session ended (stored in `end_reason`).
+    pub enum SessionEnd {
+        Revoked = "revoked",
+        TooManyAttempts = "too_many_attempts",
+        RefreshTokenReused = "refresh_token_reused",
+    }
 }
 
-/// Why a session ended (stored in `end_reason`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionEnd {
-    Revoked,
-    TooManyAttempts,
-    RefreshTokenReused,
+stored_enum! {
+    /// Where a session is in its life (`state`).
+    pub enum SessionStage {
+        /// Started; its proof not yet verified.
+        Pending = "pending",
+        Active = "active",
+        Ended = "ended",
+    }
 }
 
-impl SessionEnd {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Revoked => "revoked",
-            Self::TooManyAttempts => "too_many_attempts",
-            Self::RefreshTokenReused => "refresh_token_reused",
-        }
+stored_enum! {
+    /// How the user proves they own the address (`method`).
+    pub enum Method {
+        Code = "code",
+        Link = "link",
+        CodeAndLink = "code_and_link",
     }
 }
 
@@ -179,27 +190,6 @@ const FIND_USER: &str =
 const INSERT_USER: &str = "INSERT INTO users (id, tenant_id, email, created_at) VALUES ($1, $2, $3, $4) \
     ON CONFLICT (tenant_id, email) DO NOTHING RETURNING id, email, created_at";
 
-const INSERT_REFRESH_TOKEN: &str = "INSERT INTO refresh_tokens (token_hash, tenant_id, session_id, created_at) \
-    VALUES ($1, $2, $3, $4)";
-
-/// Marks a refresh token used, only if it was not already: of two racing
-/// refreshes exactly one rotates.
-const ROTATE_REFRESH_TOKEN: &str = "UPDATE refresh_tokens SET rotated_at = $3, successor_sealed = $4 \
-    WHERE token_hash = $1 AND tenant_id = $2 AND rotated_at IS NULL \
-    RETURNING session_id";
-
-const TOUCH_ACTIVE_SESSION: &str = "UPDATE auth_sessions SET last_refreshed_at = $3 \
-    WHERE id = $1 AND tenant_id = $2 AND state = 'active' AND expires_at > $3 \
-    RETURNING user_id, email, expires_at";
-
-const FIND_REFRESH_TOKEN: &str = "SELECT r.session_id, r.rotated_at, r.successor_sealed, \
-      s.state, s.user_id, s.email, s.expires_at \
-    FROM refresh_tokens r JOIN auth_sessions s ON s.id = r.session_id AND s.tenant_id = r.tenant_id \
-    WHERE r.token_hash = $1 AND r.tenant_id = $2";
-
-const SESSION_OF_REFRESH_TOKEN: &str =
-    "SELECT session_id FROM refresh_tokens WHERE token_hash = $1 AND tenant_id = $2";
-
 impl Tx {
     pub async fn insert_session(&mut self, s: &NewSession<'_>) -> Result<()> {
         on_tx!(self, "insert_session", |conn| {
@@ -207,7 +197,7 @@ impl Tx {
                 .bind(s.id)
                 .bind(s.tenant_id)
                 .bind(s.email)
-                .bind(s.method)
+                .bind(s.method.as_str())
                 .bind(s.code_hash)
                 .bind(s.link_hash)
                 .bind(s.proof_expires_at)
@@ -216,7 +206,7 @@ impl Tx {
                 .bind(s.created_at)
                 .bind(s.validation_url)
                 .bind(s.locale)
-                .bind(s.mail_kind)
+                .bind(s.mail_kind.as_str())
                 .execute(conn)
                 .await
                 .map(|r| r.rows_affected())
@@ -251,13 +241,28 @@ impl Tx {
         tenant_id: &str,
         session_id: &str,
     ) -> Result<Option<PendingSession>> {
-        Ok(on_tx!(self, "lock_pending_session", |conn| {
-            sqlx::query_as::<_, PendingSession>(LOCK_PENDING)
+        let row = on_tx!(self, "lock_pending_session", |conn| {
+            sqlx::query_as::<_, PendingRow>(LOCK_PENDING)
                 .bind(session_id)
                 .bind(tenant_id)
                 .fetch_optional(conn)
                 .await
-        })?)
+        })?;
+        row.map(|r| {
+            Ok(PendingSession {
+                mail_kind: r
+                    .mail_kind
+                    .map(MailKind::try_from)
+                    .transpose()
+                    .map_err(decode_error)?,
+                email: r.email,
+                method: r.method,
+                validation_url: r.validation_url,
+                locale: r.locale,
+                created_at: r.created_at,
+            })
+        })
+        .transpose()
     }
 
     /// Replaces a pending session's proofs (the old ones stop working).
@@ -288,7 +293,7 @@ impl Tx {
         &mut self,
         tenant_id: &str,
         user_id: &str,
-        except: &str,
+        except: Option<&str>,
         reason: SessionEnd,
         now: UnixMillis,
     ) -> Result<u64> {
@@ -296,7 +301,8 @@ impl Tx {
             sqlx::query(END_USER_SESSIONS)
                 .bind(tenant_id)
                 .bind(user_id)
-                .bind(except)
+                // (No session id is empty: `<> ''` excepts none.)
+                .bind(except.unwrap_or(""))
                 .bind(reason.as_str())
                 .bind(now)
                 .execute(conn)
@@ -346,13 +352,25 @@ impl Tx {
         tenant_id: &str,
         session_id: &str,
     ) -> Result<Option<SessionStatus>> {
-        Ok(on_tx!(self, "session_status", |conn| {
-            sqlx::query_as::<_, SessionStatus>(SESSION_STATUS)
+        let row = on_tx!(self, "session_status", |conn| {
+            sqlx::query_as::<_, StatusRow>(SESSION_STATUS)
                 .bind(session_id)
                 .bind(tenant_id)
                 .fetch_optional(conn)
                 .await
-        })?)
+        })?;
+        row.map(|r| {
+            Ok(SessionStatus {
+                state: r.state,
+                end_reason: r
+                    .end_reason
+                    .map(SessionEnd::try_from)
+                    .transpose()
+                    .map_err(decode_error)?,
+                proof_expires_at: r.proof_expires_at,
+            })
+        })
+        .transpose()
     }
 
     /// Makes a pending session active for `user_id`, wiping its proofs
@@ -443,79 +461,6 @@ impl Tx {
                 .await
         })?)
     }
-
-    pub async fn insert_refresh_token(
-        &mut self,
-        tenant_id: &str,
-        session_id: &str,
-        token_hash: &[u8],
-        now: UnixMillis,
-    ) -> Result<()> {
-        on_tx!(self, "insert_refresh_token", |conn| {
-            sqlx::query(INSERT_REFRESH_TOKEN)
-                .bind(token_hash)
-                .bind(tenant_id)
-                .bind(session_id)
-                .bind(now)
-                .execute(conn)
-                .await
-                .map(|r| r.rows_affected())
-        })?;
-        Ok(())
-    }
-
-    /// Marks an unused refresh token used, storing its sealed successor.
-    /// Returns its session id, or `None` when the token is unknown or was
-    /// already used.
-    pub async fn rotate_refresh_token(
-        &mut self,
-        tenant_id: &str,
-        token_hash: &[u8],
-        successor_sealed: &[u8],
-        now: UnixMillis,
-    ) -> Result<Option<String>> {
-        Ok(on_tx!(self, "rotate_refresh_token", |conn| {
-            sqlx::query_scalar::<_, String>(ROTATE_REFRESH_TOKEN)
-                .bind(token_hash)
-                .bind(tenant_id)
-                .bind(now)
-                .bind(successor_sealed)
-                .fetch_optional(conn)
-                .await
-        })?)
-    }
-
-    /// Records a refresh on an active, unexpired session and returns it.
-    pub async fn touch_active_session(
-        &mut self,
-        tenant_id: &str,
-        session_id: &str,
-        now: UnixMillis,
-    ) -> Result<Option<ActiveSession>> {
-        Ok(on_tx!(self, "touch_active_session", |conn| {
-            sqlx::query_as::<_, ActiveSession>(TOUCH_ACTIVE_SESSION)
-                .bind(session_id)
-                .bind(tenant_id)
-                .bind(now)
-                .fetch_optional(conn)
-                .await
-        })?)
-    }
-
-    /// The session a refresh token belongs to, used or not.
-    pub async fn session_of_refresh_token(
-        &mut self,
-        tenant_id: &str,
-        token_hash: &[u8],
-    ) -> Result<Option<String>> {
-        Ok(on_tx!(self, "session_of_refresh_token", |conn| {
-            sqlx::query_scalar::<_, String>(SESSION_OF_REFRESH_TOKEN)
-                .bind(token_hash)
-                .bind(tenant_id)
-                .fetch_optional(conn)
-                .await
-        })?)
-    }
 }
 
 impl Store {
@@ -541,28 +486,20 @@ impl Store {
         &self,
         tenant_id: &str,
         session_id: &str,
-    ) -> Result<Option<(String, Option<UnixMillis>)>> {
-        Ok(on_pool!(self, "session_state", |pool| {
+    ) -> Result<Option<(SessionStage, Option<UnixMillis>)>> {
+        let row = on_pool!(self, "session_state", |pool| {
             sqlx::query_as::<_, (String, Option<UnixMillis>)>(SESSION_STATE)
                 .bind(session_id)
                 .bind(tenant_id)
                 .fetch_optional(pool)
                 .await
-        })?)
-    }
-
-    /// A refresh token with its session, for explaining a refused rotation.
-    pub async fn find_refresh_token(
-        &self,
-        tenant_id: &str,
-        token_hash: &[u8],
-    ) -> Result<Option<RotatedRefreshToken>> {
-        Ok(on_pool!(self, "find_refresh_token", |pool| {
-            sqlx::query_as::<_, RotatedRefreshToken>(FIND_REFRESH_TOKEN)
-                .bind(token_hash)
-                .bind(tenant_id)
-                .fetch_optional(pool)
-                .await
-        })?)
+        })?;
+        row.map(|(state, expires_at)| {
+            Ok((
+                SessionStage::try_from(state).map_err(decode_error)?,
+                expires_at,
+            ))
+        })
+        .transpose()
     }
 }

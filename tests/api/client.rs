@@ -55,10 +55,11 @@ impl ApiError {
     }
 }
 
-/// One AuthService call on either transport: `name(Request) -> Response at
-/// "/gateway/path";`.
+/// One method per AuthService call of `latchkey::gateway_rpcs!`, on either
+/// transport.
 macro_rules! calls {
-    ($($name:ident($req:ident) -> $resp:ident at $path:literal;)+) => {$(
+    ($($name:ident $rpc:ident($req:ident) -> $resp:ident at $path:literal
+        also [$($status:literal),*] $(with $hook:path)?;)+) => {$(
         pub async fn $name(&self, req: proto::$req) -> Result<proto::$resp, ApiError> {
             match self {
                 Self::Grpc { client, .. } => {
@@ -110,17 +111,7 @@ impl ApiClient {
         }
     }
 
-    calls! {
-        start_auth(StartAuthRequest) -> StartAuthResponse at "/auth/start";
-        verify(VerifyRequest) -> VerifyResponse at "/auth/verify";
-        refresh(RefreshRequest) -> RefreshResponse at "/auth/refresh";
-        revoke(RevokeRequest) -> RevokeResponse at "/auth/revoke";
-        resend_code(ResendCodeRequest) -> ResendCodeResponse at "/auth/resend";
-        list_sessions(ListSessionsRequest) -> ListSessionsResponse at "/sessions/list";
-        revoke_session(RevokeSessionRequest) -> RevokeSessionResponse at "/sessions/revoke";
-        revoke_all_sessions(RevokeAllSessionsRequest) -> RevokeAllSessionsResponse at "/sessions/revoke-all";
-        introspect_token(IntrospectTokenRequest) -> IntrospectTokenResponse at "/tokens/introspect";
-    }
+    latchkey::gateway_rpcs!(calls);
 
     pub async fn jwks(&self) -> proto::GetJwksResponse {
         match self {

@@ -203,7 +203,7 @@ async fn migrating_makes_stored_addresses_canonical_and_keeps_the_oldest_user(ba
     )
     .await;
 
-    old.migrate().await.unwrap();
+    old.migrate(latchkey::auth::email::canonical).await.unwrap();
     old.close().await;
     let users = pool
         .strings("SELECT id || ' ' || tenant_id || ' ' || email FROM users ORDER BY id")

@@ -1,14 +1,14 @@
 use std::time::Duration;
 
 use latchkey::{
+    auth::keys::SigningAlg,
     auth::{DEFAULT_TENANT, keys},
-    config::SigningAlg,
     server::load_kek,
 };
 
 use crate::both_backends;
+use crate::helpers::verify_with_jwks;
 use crate::helpers::{Backend, TestApp, cli, spawn_app, spawn_replica};
-use crate::login::verify_with_jwks;
 
 both_backends!(
     a_rotated_key_is_published_first_signs_later_and_the_old_one_keeps_verifying,

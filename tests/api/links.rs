@@ -4,8 +4,8 @@
 
 use latchkey::proto::{self, Method};
 
+use crate::helpers::verify_with_jwks;
 use crate::helpers::{Backend, Case, TestApp, spawn_app, spawn_app_with};
-use crate::login::verify_with_jwks;
 use crate::matrix;
 
 matrix!(

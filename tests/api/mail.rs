@@ -166,7 +166,10 @@ async fn three_workers_share_three_hundred_messages_and_send_each_once() {
 
 #[tokio::test]
 async fn another_replicas_enqueue_wakes_the_worker_without_waiting_for_a_poll() {
-    use latchkey::mail::{KIND_SIGN_IN, SignInPayload, seal_payload};
+    use latchkey::{
+        auth::payload::{self, SignInPayload},
+        store::MailKind,
+    };
     let app = spawn_app_with(Backend::Postgres, |s| {
         s.outbox_poll_interval = Duration::from_secs(600);
     })
@@ -176,7 +179,7 @@ async fn another_replicas_enqueue_wakes_the_worker_without_waiting_for_a_poll() 
     let kek = latchkey::server::load_kek(&app.settings).unwrap();
     let now = app.clock.now_ms();
     let id = uuid::Uuid::now_v7().to_string();
-    let sealed = seal_payload(
+    let sealed = payload::seal(
         &kek,
         &id,
         &SignInPayload {
@@ -192,7 +195,7 @@ async fn another_replicas_enqueue_wakes_the_worker_without_waiting_for_a_poll() 
         id: &id,
         tenant_id: "default",
         session_id: None,
-        kind: KIND_SIGN_IN,
+        kind: MailKind::SignIn,
         recipient: "woken@example.com",
         payload_sealed: Some(&sealed),
         created_at: now,

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
+use crate::helpers::verify_with_jwks;
 use crate::helpers::{Backend, Case, field_name, spawn_app, spawn_app_with};
-use crate::login::verify_with_jwks;
 use crate::matrix;
 
 matrix!(

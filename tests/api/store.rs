@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 
 use latchkey::store::{
-    Hit, NewIdempotencyKey, NewMail, NewSession, NewSigningKey, SessionEnd, Store, StoreOptions,
+    Hit, MailKind, Method, NewIdempotencyKey, NewMail, NewSession, NewSigningKey, SessionEnd,
+    SessionStage, Store, StoreOptions,
 };
 
 use crate::both_backends;
@@ -28,7 +29,10 @@ async fn store(backend: Backend) -> (Store, TestDb) {
     let store = Store::connect(&db.url, &StoreOptions::default())
         .await
         .unwrap();
-    store.migrate().await.unwrap();
+    store
+        .migrate(latchkey::auth::email::canonical)
+        .await
+        .unwrap();
     (store, db)
 }
 
@@ -38,7 +42,7 @@ async fn insert_session(store: &Store, id: &str, tenant: &str) {
         id,
         tenant_id: tenant,
         email: "s@example.com",
-        method: "code",
+        method: Method::Code,
         code_hash: Some(&[7; 32]),
         link_hash: None,
         proof_expires_at: 10_000,
@@ -47,7 +51,7 @@ async fn insert_session(store: &Store, id: &str, tenant: &str) {
         created_at: 1_000,
         validation_url: None,
         locale: "en",
-        mail_kind: "sign_in",
+        mail_kind: MailKind::SignIn,
     })
     .await
     .unwrap();
@@ -58,7 +62,10 @@ async fn migrations_apply_twice_and_make_the_store_ready(backend: Backend) {
     let (store, _db) = store(backend).await;
     assert_eq!(store.backend(), backend);
     assert!(store.is_ready().await);
-    store.migrate().await.expect("migrating again is a no-op");
+    store
+        .migrate(latchkey::auth::email::canonical)
+        .await
+        .expect("migrating again is a no-op");
     assert!(store.is_ready().await);
 }
 
@@ -196,7 +203,7 @@ async fn concurrent_outbox_claims_never_overlap_and_leases_expire(backend: Backe
             id: &id,
             tenant_id: "default",
             session_id: None,
-            kind: "sign_in_code",
+            kind: MailKind::SignIn,
             recipient: "r@example.com",
             payload_sealed: Some(b"sealed"),
             created_at: 1_000,
@@ -349,8 +356,8 @@ async fn ending_a_session_is_idempotent(backend: Backend) {
             .unwrap()
     );
     let status = tx.session_status("default", "s1").await.unwrap().unwrap();
-    assert_eq!(status.state, "ended");
-    assert_eq!(status.end_reason.as_deref(), Some("revoked"));
+    assert_eq!(status.state, SessionStage::Ended);
+    assert_eq!(status.end_reason, Some(SessionEnd::Revoked));
     tx.commit().await.unwrap();
 }
 

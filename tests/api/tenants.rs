@@ -12,8 +12,8 @@ use latchkey::{
 use serde_json::Value;
 use tonic::transport::Channel;
 
+use crate::helpers::verify_with_jwks;
 use crate::helpers::{ApiClient, Backend, Case, TestApp, Transport, spawn_app, spawn_replica};
-use crate::login::verify_with_jwks;
 use crate::{both_backends, matrix};
 
 matrix!(

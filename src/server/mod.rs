@@ -2,12 +2,23 @@
 //! bind the gRPC and HTTP listeners (port 0 works: tests read the real
 //! addresses), then serve until the shutdown token fires.
 
+mod health;
+mod setup;
+
+pub use health::{DATABASE_SERVICE, LIVENESS_SERVICE};
+use health::{Health, draining, watch_database};
+use setup::{
+    announce_development_key, cors_layer, refuse_silent_dev_mailbox, smtp_send_bound,
+    tighten_data_dir,
+};
+pub use setup::{load_kek, open_store, redact_url};
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::ServingStatus;
 
 use crate::{
     api::{
@@ -17,7 +28,7 @@ use crate::{
         openapi, rest,
     },
     auth::{
-        AuthService, Parts, Policy,
+        AuthService, Parts,
         admin::{Admin, Live, create_development_key},
         apikeys::ApiKeys,
         keys::KeyRings,
@@ -25,26 +36,16 @@ use crate::{
     },
     clock::Clock,
     config::Settings,
-    kek::{Kek, KekSource},
     limits::Limits,
     mail::{
         outbox::{OutboxWorker, WorkerSettings},
         templates::Templates,
         transport::Transport,
     },
-    proto::{self, auth_service_server::AuthServiceServer},
-    store::{Store, StoreOptions},
+    proto::{self},
+    store::Store,
     telemetry::{self, RpcLayer},
 };
-
-/// The gRPC health service name that is SERVING for as long as the process
-/// runs (liveness), whatever the database does.
-pub const LIVENESS_SERVICE: &str = "liveness";
-
-/// The gRPC health service name that is SERVING while the database answers
-/// and has every migration this binary needs. Readiness does not follow it:
-/// see [`watch_database`].
-pub const DATABASE_SERVICE: &str = "latchkey.database";
 
 /// A bound, ready-to-run service.
 pub struct Server {
@@ -62,83 +63,6 @@ pub struct Server {
     admin: Admin,
     clock: Clock,
     development_key: Option<String>,
-}
-
-/// Opens the store named by the settings and applies pending migrations.
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let url = settings.database_url();
-    let options = StoreOptions {
-        max_connections: settings.database_max_connections,
-        acquire_timeout: settings.database_acquire_timeout,
-        statement_timeout: settings.database_statement_timeout,
-        idle_in_transaction_timeout: settings.database_idle_in_transaction_timeout,
-    };
-    let store = Store::connect(&url, &options)
-        .await
-        .with_context(|| format!("connecting to the database ({})", redact_url(&url)))?;
-    store
-        .migrate()
-        .await
-        .context("applying database migrations")?;
-    Ok(store)
-}
-
-/// The dev mailbox (codes in the log, no email sent) is the zero-setup
-/// default on the embedded SQLite database only: anywhere else a missing
-/// LATCHKEY_SMTP_URL is a mistake unless LATCHKEY_DEV_MAILBOX says otherwise.
-fn refuse_silent_dev_mailbox(settings: &Settings) -> anyhow::Result<()> {
-    if settings.smtp_url.is_none()
-        && !settings.dev_mailbox
-        && !settings.database_url().starts_with("sqlite:")
-    {
-        anyhow::bail!(
-            "no LATCHKEY_SMTP_URL configured for a PostgreSQL deployment: set LATCHKEY_SMTP_URL \
-             to your mail relay (e.g. smtps://user:pass@relay.example.com:465), or \
-             LATCHKEY_DEV_MAILBOX=true to write emails to the development mailbox and log their \
-             codes (development only)"
-        );
-    }
-    Ok(())
-}
-
-/// Loads (or on first start generates) the key-encryption key, warning when
-/// it is not configured.
-pub fn load_kek(settings: &Settings) -> anyhow::Result<Kek> {
-    let configured = settings.key_encryption_key.as_ref().map(|s| s.expose());
-    let (kek, source) = Kek::load(configured, &settings.data_dir)
-        .context("LATCHKEY_KEY_ENCRYPTION_KEY (--key-encryption-key)")?;
-    match source {
-        KekSource::Configured => {}
-        KekSource::GeneratedFile | KekSource::ExistingFile => tracing::warn!(
-            path = %settings.data_dir.join("kek").display(),
-            "no LATCHKEY_KEY_ENCRYPTION_KEY configured: using a key from the data directory. \
-             Fine for development; in production configure one shared by every replica"
-        ),
-    }
-    Ok(kek)
-}
-
-/// Makes an existing data directory private (see [`crate::files`]),
-/// logging every change.
-fn tighten_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    let changed = crate::files::tighten_data_dir(dir)
-        .with_context(|| format!("restricting access to {}", dir.display()))?;
-    for change in changed {
-        tracing::warn!(
-            path = %change.path.display(),
-            from = %format!("{:04o}", change.from),
-            to = %format!("{:04o}", change.to),
-            "removed group and other access from a data file"
-        );
-    }
-    Ok(())
-}
-
-/// The longest one SMTP send can take: connecting, the session set-up, MAIL,
-/// RCPT and DATA within the SMTP timeout each, and the answer to the end of
-/// the message within the send timeout.
-fn smtp_send_bound(settings: &Settings) -> Duration {
-    settings.smtp_timeout * 5 + settings.smtp_send_timeout
 }
 
 impl Server {
@@ -167,7 +91,7 @@ impl Server {
                 Transport::dev_mailbox(dir)
             }
         };
-        let defaults = Policy::from_settings(&settings);
+        let defaults = settings.default_policy();
         let tenants = Tenants::load(store.clone(), defaults)
             .await
             .context("loading the tenants")?;
@@ -487,229 +411,3 @@ impl Server {
 /// `LATCHKEY_SHUTDOWN_DELAY + LATCHKEY_SHUTDOWN_GRACE + 3 s` plus the 5 s
 /// telemetry flush (the Helm chart checks).
 pub const BACKGROUND_STOP: Duration = Duration::from_secs(3);
-
-/// Resolves when the listeners should stop accepting and drain: once
-/// shutdown has started, the service reported NOT_SERVING, and `delay` has
-/// passed (time for load balancers to stop sending new calls here). Then
-/// open health `Watch` streams end, so they do not hold the drain.
-async fn draining(shutdown: CancellationToken, health: Health, delay: Duration) {
-    shutdown.cancelled().await;
-    if health.stop().await {
-        tracing::info!(
-            delay_ms = delay.as_millis() as u64,
-            "shutting down: NOT_SERVING"
-        );
-    }
-    tokio::time::sleep(delay).await;
-    health.end_watches().await;
-    tracing::debug!("draining in-flight calls");
-}
-
-/// CORS for browsers (grpc-web and the gateway), only when origins are set.
-fn cors_layer(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    if origins.is_empty() {
-        return Ok(None);
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        let list = origins
-            .iter()
-            .map(|o| http::HeaderValue::from_str(o.trim_end_matches('/')))
-            .collect::<Result<Vec<_>, _>>()?;
-        AllowOrigin::list(list)
-    };
-    let headers = [
-        "content-type",
-        "authorization",
-        "x-grpc-web",
-        "x-user-agent",
-        "grpc-timeout",
-        "if-none-match",
-        "idempotency-key",
-        "traceparent",
-        "tracestate",
-    ]
-    .map(http::HeaderName::from_static);
-    let exposed = [
-        "grpc-status",
-        "grpc-message",
-        "grpc-status-details-bin",
-        "etag",
-    ]
-    .map(http::HeaderName::from_static);
-    Ok(Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([http::Method::GET, http::Method::POST, http::Method::OPTIONS])
-            .allow_headers(headers)
-            .expose_headers(exposed)
-            .max_age(Duration::from_secs(600)),
-    ))
-}
-
-/// Both health surfaces: gRPC `grpc.health.v1` and HTTP `/readyz`.
-#[derive(Clone)]
-struct Health {
-    reporter: HealthReporter,
-    readiness: Readiness,
-    /// Once shutdown begins, nothing makes the service ready again (set
-    /// and stop are serialised by this lock, so a readiness check that
-    /// finishes late cannot report SERVING after stop).
-    stopping: Arc<tokio::sync::Mutex<bool>>,
-}
-
-impl Health {
-    /// Reports readiness, unless shutdown has begun.
-    async fn set(&self, ready: bool) {
-        let stopping = self.stopping.lock().await;
-        if !*stopping {
-            self.apply(ready).await;
-        }
-    }
-
-    /// Reports NOT_SERVING for good. True only for the first call.
-    async fn stop(&self) -> bool {
-        let mut stopping = self.stopping.lock().await;
-        let first = !*stopping;
-        *stopping = true;
-        if first {
-            self.apply(false).await;
-        }
-        first
-    }
-
-    /// Ends open `Watch` streams of the readiness and database services (they would
-    /// otherwise keep their connections, and the drain, open until the
-    /// grace runs out). A later Check of them answers NOT_FOUND.
-    async fn end_watches(&self) {
-        let mut reporter = self.reporter.clone();
-        reporter
-            .clear_service_status(
-                <AuthServiceServer<GrpcAuth> as tonic::server::NamedService>::NAME,
-            )
-            .await;
-        reporter.clear_service_status("").await;
-        reporter.clear_service_status(DATABASE_SERVICE).await;
-    }
-
-    /// Reports whether the database answers (not readiness).
-    async fn database(&self, up: bool) {
-        crate::metrics::database_up(up);
-        let status = if up {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.reporter
-            .set_service_status(DATABASE_SERVICE, status)
-            .await;
-    }
-
-    async fn apply(&self, ready: bool) {
-        self.readiness.set(ready);
-        let status = if ready {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.reporter
-            .set_service_status(
-                <AuthServiceServer<GrpcAuth> as tonic::server::NamedService>::NAME,
-                status,
-            )
-            .await;
-        self.reporter.set_service_status("", status).await;
-    }
-}
-
-/// Checks the database every `interval` and reports what it finds, in the
-/// `latchkey.database` health service, the `latchkey_database_up` gauge and
-/// the log (at each change). Readiness does not follow it: every replica
-/// shares the one database, so taking them out of the load balancer during
-/// a database outage helps no call (those that need it answer UNAVAILABLE
-/// at once either way) and takes down the ones that do not: JWKS, health,
-/// the OpenAPI document.
-async fn watch_database(store: Store, health: Health, interval: Duration, stop: CancellationToken) {
-    let mut up = true;
-    health.database(true).await;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        // Bounded: a check that hangs on a dead connection counts as a failure.
-        let ready = tokio::time::timeout(interval.max(Duration::from_secs(1)), store.is_ready())
-            .await
-            .unwrap_or(false);
-        if ready {
-            crate::telemetry::DATABASE.worked();
-        }
-        if ready != up && !stop.is_cancelled() {
-            up = ready;
-            if ready {
-                tracing::info!("database reachable again");
-            } else {
-                tracing::warn!(
-                    "database unreachable or not migrated: calls that need it answer UNAVAILABLE"
-                );
-            }
-            health.database(ready).await;
-        }
-    }
-}
-
-/// Keeps the development key in `<data-dir>/dev-api-key` (mode 0600) and
-/// shows it once on the terminal (never in the log); without a terminal only
-/// the file's path is logged.
-fn announce_development_key(settings: &Settings, key: &str) -> anyhow::Result<()> {
-    use std::io::{IsTerminal, Write};
-    let path = settings.data_dir.join("dev-api-key");
-    crate::files::create_private_dir(&settings.data_dir)?;
-    let mut file = crate::files::create_private_file(&path)?;
-    writeln!(file, "{key}")?;
-    if std::io::stderr().is_terminal() {
-        eprintln!(
-            "\nDEVELOPMENT API KEY (shown once; also in {path}):\n\n  {key}\n\n\
-             Try it:\n  curl -s {http}/auth/start -H \"authorization: Bearer $(cat {path})\" \\\n    \
-             -H 'content-type: application/json' -d '{{\"email\":\"you@example.com\"}}'\n",
-            path = path.display(),
-            http = settings.http_addr,
-        );
-    }
-    tracing::warn!(
-        file = %path.display(),
-        "created a development API key (no keys existed): use it as `authorization: Bearer <key>`"
-    );
-    Ok(())
-}
-
-/// A database URL with any password replaced, for messages.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_in_urls_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/latchkey"),
-            "postgres://app:***@db:5432/latchkey"
-        );
-        assert_eq!(
-            redact_url("sqlite://x.db?mode=rwc"),
-            "sqlite://x.db?mode=rwc"
-        );
-    }
-}

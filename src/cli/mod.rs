@@ -2,23 +2,27 @@
 //! administration of signing keys, tenants and API keys (straight on the
 //! database; running servers pick changes up within a second).
 
-use std::{sync::Arc, time::Duration};
+mod args;
+
+pub use args::{
+    ApikeyCommand, Cli, Command, EmailCommand, EmailPart, EmailPurpose, KeysCommand, OutboxCommand,
+    TenantCommand, TenantSettingsArgs,
+};
+
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{
-        DEFAULT_TENANT, Policy,
-        admin::{Admin, ApiKeyInfo},
+        DEFAULT_TENANT,
+        admin::Admin,
         apikeys::Scope,
         keys,
-        tenants::{SETTING_NAMES, SignupPolicy, Tenant, TenantSettings, Tenants},
+        tenants::{SETTING_NAMES, Tenant, TenantSettings, Tenants},
     },
     clock::Clock,
-    config::{
-        ApikeyCommand, Cli, Command, EmailCommand, EmailPart, EmailPurpose, KeysCommand,
-        OutboxCommand, Settings, SignupPolicyArg, TenantCommand, TenantSettingsArgs,
-    },
+    config::Settings,
     server::{self, Server},
 };
 
@@ -89,7 +93,7 @@ async fn keys_command(settings: Settings, command: KeysCommand) -> anyhow::Resul
                      it; tokens it signs may be rejected until they refresh their JWKS"
                 );
             }
-            let tenants = Tenants::load(store.clone(), Policy::from_settings(&settings)).await?;
+            let tenants = Tenants::load(store.clone(), settings.default_policy()).await?;
             let chosen: Vec<Arc<Tenant>> = if all_tenants {
                 tenants.all()
             } else {
@@ -100,14 +104,11 @@ async fn keys_command(settings: Settings, command: KeysCommand) -> anyhow::Resul
                 ]
             };
             for tenant in chosen {
-                // Older keys stay published until every token they may still
-                // sign has expired (this tenant's token lifetime, or the
-                // server default if that is longer: it may just have changed).
-                let longest = tenant
-                    .policy
-                    .access_token_ttl
-                    .max(settings.access_token_ttl);
-                let retire_after = keys::retirement_delay(longest, settings.key_reload_interval);
+                let retire_after = keys::retirement_delay_for(
+                    tenant.policy.access_token_ttl,
+                    settings.access_token_ttl,
+                    settings.key_reload_interval,
+                );
                 let key = keys::rotate(
                     &store,
                     &kek,
@@ -137,27 +138,14 @@ async fn keys_command(settings: Settings, command: KeysCommand) -> anyhow::Resul
                 "tenant {tenant:?} has no signing keys (yet: a server makes its first key when \
                  it loads the tenant)"
             );
-            let signer = all
-                .iter()
-                .filter(|k| k.activates_at <= now && k.published_until.is_none_or(|u| u > now))
-                .map(|k| k.generation)
-                .max();
+            let states = keys::key_states(&all, now);
             println!(
                 "{:<4} {:<6} {:<44} {:<21} {:<21} state",
                 "gen", "alg", "kid", "signs from", "published until"
             );
-            for key in all {
-                let state = if key.published_until.is_some_and(|u| u <= now) {
-                    "retired"
-                } else if Some(key.generation) == signer {
-                    "signing"
-                } else if key.activates_at > now {
-                    "pending"
-                } else {
-                    "retiring"
-                };
+            for (key, state) in all.into_iter().zip(states) {
                 println!(
-                    "{:<4} {:<6} {:<44} {:<21} {:<21} {state}",
+                    "{:<4} {:<6} {:<44} {:<21} {:<21} {}",
                     key.generation,
                     key.alg,
                     key.kid,
@@ -165,6 +153,7 @@ async fn keys_command(settings: Settings, command: KeysCommand) -> anyhow::Resul
                     key.published_until
                         .map(rfc3339)
                         .unwrap_or_else(|| "-".into()),
+                    state.as_str(),
                 );
             }
         }
@@ -186,7 +175,7 @@ fn rfc3339(ms: i64) -> String {
 /// The admin operations straight on the database named by the settings.
 async fn admin(settings: &Settings) -> anyhow::Result<Admin> {
     let store = server::open_store(settings).await?;
-    let tenants = Tenants::load(store.clone(), Policy::from_settings(settings)).await?;
+    let tenants = Tenants::load(store.clone(), settings.default_policy()).await?;
     Ok(Admin::new(store, tenants, None, Clock::system()))
 }
 
@@ -198,7 +187,7 @@ async fn tenant_command(settings: Settings, command: TenantCommand) -> anyhow::R
                 .create_tenant(
                     id.as_deref().unwrap_or_default(),
                     &name,
-                    settings_from_args(*settings),
+                    settings.into_settings(),
                 )
                 .await?;
             println!("created tenant {} ({})", t.id, t.name);
@@ -226,7 +215,7 @@ async fn tenant_command(settings: Settings, command: TenantCommand) -> anyhow::R
             clear,
         } => {
             let t = admin
-                .update_tenant(&id, name.as_deref(), &settings_from_args(*settings), &clear)
+                .update_tenant(&id, name.as_deref(), &settings.into_settings(), &clear)
                 .await?;
             print_tenant(&t);
         }
@@ -247,7 +236,8 @@ const NOT_WRITTEN_BY_THE_OLD_CLI: [&str; 4] = [
 
 fn written_by_the_old_cli() -> impl Iterator<Item = &'static str> {
     SETTING_NAMES
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|name| !NOT_WRITTEN_BY_THE_OLD_CLI.contains(name))
 }
 
@@ -330,33 +320,6 @@ fn jwks_path(tenant_id: &str) -> String {
     }
 }
 
-fn settings_from_args(a: TenantSettingsArgs) -> TenantSettings {
-    let secs = |d: Option<Duration>| d.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
-    TenantSettings {
-        issuer: a.issuer,
-        audience: a.audience,
-        access_token_ttl_seconds: secs(a.access_token_ttl),
-        session_ttl_seconds: secs(a.session_ttl),
-        code_length: a.code_length,
-        code_ttl_seconds: secs(a.code_ttl),
-        code_max_attempts: a.code_max_attempts,
-        mail_from: a.mail_from,
-        app_name: a.app_name,
-        allowed_validation_urls: Some(a.allowed_validation_urls).filter(|v| !v.is_empty()),
-        default_locale: a.default_locale,
-        signup_policy: a.signup_policy.map(|p| match p {
-            SignupPolicyArg::LoginOrCreate => SignupPolicy::LoginOrCreate,
-            SignupPolicyArg::LoginOnly => SignupPolicy::LoginOnly,
-        }),
-        notify_unknown_address: a.notify_unknown_address,
-        default_validation_url: a.default_validation_url,
-        rate_limit_email: a.rate_limit_email,
-        rate_limit_ip: a.rate_limit_ip,
-        rate_limit_tenant: a.rate_limit_tenant,
-        verify_failure_budget: a.verify_failure_budget,
-    }
-}
-
 async fn apikey_command(settings: Settings, command: ApikeyCommand) -> anyhow::Result<()> {
     let admin = admin(&settings).await?;
     match command {
@@ -396,7 +359,7 @@ async fn apikey_command(settings: Settings, command: ApikeyCommand) -> anyhow::R
                     rfc3339(k.created_at),
                     k.last_used_at.map(rfc3339).unwrap_or_else(|| "-".into()),
                     k.expires_at.map(rfc3339).unwrap_or_else(|| "-".into()),
-                    key_state(&k, now),
+                    k.state(now),
                 );
             }
         }
@@ -406,16 +369,6 @@ async fn apikey_command(settings: Settings, command: ApikeyCommand) -> anyhow::R
         }
     }
     Ok(())
-}
-
-fn key_state(k: &ApiKeyInfo, now: i64) -> &'static str {
-    if k.revoked_at.is_some() {
-        "revoked"
-    } else if k.expires_at.is_some_and(|e| e <= now) {
-        "expired"
-    } else {
-        "active"
-    }
 }
 
 async fn outbox_command(settings: Settings, command: OutboxCommand) -> anyhow::Result<()> {

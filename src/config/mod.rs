@@ -4,7 +4,13 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+mod checks;
+
+pub use checks::ConfigError;
+
+use clap::{Args, Parser, ValueEnum};
+
+use crate::auth::keys::SigningAlg;
 
 /// A secret setting: its `Debug` output is redacted so it never reaches logs.
 #[derive(Clone, PartialEq, Eq)]
@@ -31,281 +37,6 @@ impl FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Self(s.to_owned()))
-    }
-}
-
-/// The command line.
-#[derive(Debug, Parser)]
-#[command(
-    name = "latchkey",
-    version,
-    about = "Passwordless email authentication for backends"
-)]
-pub struct Cli {
-    #[command(flatten)]
-    pub settings: Settings,
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Serve the gRPC API (the default when no command is given).
-    Serve,
-    /// Apply pending database migrations and exit.
-    Migrate,
-    /// Print the OpenAPI document of the JSON gateway.
-    Openapi,
-    /// Manage tenants (apps with their own users, keys and settings).
-    Tenant {
-        #[command(subcommand)]
-        command: TenantCommand,
-    },
-    /// Manage API keys.
-    Apikey {
-        #[command(subcommand)]
-        command: ApikeyCommand,
-    },
-    /// Preview the emails with the configured templates (checks overrides).
-    Email {
-        #[command(subcommand)]
-        command: EmailCommand,
-    },
-    /// Inspect the email outbox and requeue dead messages.
-    Outbox {
-        #[command(subcommand)]
-        command: OutboxCommand,
-    },
-    /// Manage the token signing keys.
-    Keys {
-        #[command(subcommand)]
-        command: KeysCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeysCommand {
-    /// Add a new signing key for a tenant: published in its JWKS at once,
-    /// signing after the activation delay; the previous key stays published
-    /// until every token it signed has expired.
-    Rotate {
-        /// The tenant whose keys rotate.
-        #[arg(long, default_value = "default", conflicts_with = "all_tenants")]
-        tenant: String,
-        /// Rotate every tenant's keys.
-        #[arg(long)]
-        all_tenants: bool,
-        /// How long the new key is published before it starts signing. Keep it
-        /// longer than any verifier's JWKS cache lifetime.
-        #[arg(long, env = "LATCHKEY_KEY_ACTIVATION_DELAY", default_value = "1h", value_parser = duration_or_zero)]
-        activate_in: Duration,
-        /// Algorithm of the new key (default: `--signing-alg`).
-        #[arg(long)]
-        alg: Option<SigningAlg>,
-    },
-    /// List a tenant's signing keys and their state.
-    List {
-        #[arg(long, default_value = "default")]
-        tenant: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum TenantCommand {
-    /// Create a tenant.
-    Create {
-        /// 1 to 63 of a-z, 0-9 and - (the `tid` of its tokens); default: a UUID.
-        #[arg(long)]
-        id: Option<String>,
-        #[arg(long)]
-        name: String,
-        #[command(flatten)]
-        settings: Box<TenantSettingsArgs>,
-    },
-    /// List the tenants.
-    List,
-    /// Show a tenant and its settings.
-    Show { id: String },
-    /// Rename a tenant or change its settings.
-    Update {
-        id: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[command(flatten)]
-        settings: Box<TenantSettingsArgs>,
-        /// Reset a setting to the server default (repeatable), e.g. `code_length`.
-        #[arg(long = "clear")]
-        clear: Vec<String>,
-    },
-    /// Remove the copies of the server defaults that `tenant create` and
-    /// `tenant update` of latchkey 0.1 stored as every tenant's own settings
-    /// (shows what it would do; `--apply` does it).
-    Repair {
-        /// Write the changes (without it, only show them).
-        #[arg(long)]
-        apply: bool,
-    },
-}
-
-/// A tenant's overrides of the server defaults (absent: inherit). The ids
-/// differ from the server settings' of the same flag name, so a value of the
-/// server setting (its default or its `LATCHKEY_*` variable) can never be
-/// taken for one the operator typed here.
-#[derive(Debug, Args, Default)]
-pub struct TenantSettingsArgs {
-    #[arg(long = "issuer", id = "tenant_issuer")]
-    pub issuer: Option<String>,
-    #[arg(long = "audience", id = "tenant_audience")]
-    pub audience: Option<String>,
-    #[arg(long = "access-token-ttl", id = "tenant_access_token_ttl", value_parser = duration)]
-    pub access_token_ttl: Option<Duration>,
-    #[arg(long = "session-ttl", id = "tenant_session_ttl", value_parser = duration)]
-    pub session_ttl: Option<Duration>,
-    #[arg(long = "code-length", id = "tenant_code_length")]
-    pub code_length: Option<u8>,
-    #[arg(long = "code-ttl", id = "tenant_code_ttl", value_parser = duration)]
-    pub code_ttl: Option<Duration>,
-    #[arg(long = "code-max-attempts", id = "tenant_code_max_attempts")]
-    pub code_max_attempts: Option<u32>,
-    #[arg(long = "mail-from", id = "tenant_mail_from")]
-    pub mail_from: Option<String>,
-    #[arg(long = "app-name", id = "tenant_app_name")]
-    pub app_name: Option<String>,
-    /// Where magic links may point (repeatable; replaces the list).
-    #[arg(long = "allowed-validation-url", id = "tenant_allowed_validation_urls")]
-    pub allowed_validation_urls: Vec<String>,
-    #[arg(long = "default-locale", id = "tenant_default_locale")]
-    pub default_locale: Option<String>,
-    #[arg(long = "signup-policy", id = "tenant_signup_policy")]
-    pub signup_policy: Option<SignupPolicyArg>,
-    /// With login-only: email a "no account" notice to unknown addresses.
-    #[arg(long = "notify-unknown-address", id = "tenant_notify_unknown_address")]
-    pub notify_unknown_address: Option<bool>,
-    /// The validation URL for a StartAuth that names none.
-    #[arg(long = "default-validation-url", id = "tenant_default_validation_url")]
-    pub default_validation_url: Option<String>,
-    /// Sign-in emails per address per rate-limit window (0: none).
-    #[arg(long = "rate-limit-email", id = "tenant_rate_limit_email")]
-    pub rate_limit_email: Option<u32>,
-    /// StartAuth calls per client IP per window (0: none).
-    #[arg(long = "rate-limit-ip", id = "tenant_rate_limit_ip")]
-    pub rate_limit_ip: Option<u32>,
-    /// Sign-in emails for the whole tenant per minute (0: none).
-    #[arg(long = "rate-limit-tenant", id = "tenant_rate_limit_tenant")]
-    pub rate_limit_tenant: Option<u32>,
-    /// Wrong codes per address per hour before backoff (0: none).
-    #[arg(long = "verify-failure-budget", id = "tenant_verify_failure_budget")]
-    pub verify_failure_budget: Option<u32>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SignupPolicyArg {
-    LoginOrCreate,
-    LoginOnly,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ApikeyCommand {
-    /// Create an API key; it is printed once.
-    Create {
-        #[arg(long, default_value = "default")]
-        tenant: String,
-        #[arg(long)]
-        name: String,
-        /// `app` (the AuthService of its tenant) or `admin` (the AdminService).
-        #[arg(long, default_value = "app")]
-        scope: String,
-        /// The key stops working after this long (e.g. `90days`).
-        #[arg(long, value_parser = duration)]
-        expires_in: Option<Duration>,
-    },
-    /// List API keys (never their secrets).
-    List {
-        #[arg(long)]
-        tenant: Option<String>,
-    },
-    /// Revoke an API key by its prefix.
-    Revoke { prefix: String },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum EmailCommand {
-    /// Render one email with sample values to stdout.
-    Preview {
-        #[arg(long, value_enum, default_value = "code")]
-        purpose: EmailPurpose,
-        #[arg(long, default_value = "en")]
-        locale: String,
-        #[arg(long, value_enum, default_value = "html")]
-        part: EmailPart,
-        /// Use this tenant's template overrides.
-        #[arg(long, default_value = "default")]
-        tenant: String,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum EmailPurpose {
-    Code,
-    Link,
-    CodeAndLink,
-    NoAccount,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum EmailPart {
-    Subject,
-    Text,
-    Html,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum OutboxCommand {
-    /// List messages (recipients masked).
-    List {
-        /// `queued`, `dead` or `sent`.
-        #[arg(long, default_value = "queued")]
-        state: String,
-        #[arg(long, default_value_t = 50)]
-        limit: i64,
-    },
-    /// Queue dead messages again: one by id, or all with `--all`.
-    Requeue {
-        id: Option<String>,
-        #[arg(long, conflicts_with = "id")]
-        all: bool,
-    },
-}
-
-/// JWT signature algorithms for access tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SigningAlg {
-    /// Ed25519 (fast, small; the default).
-    #[value(name = "EdDSA", alias = "eddsa")]
-    EdDSA,
-    /// ECDSA with P-256 and SHA-256.
-    #[value(name = "ES256", alias = "es256")]
-    ES256,
-    /// RSASSA-PKCS1-v1_5 with a 2048-bit key and SHA-256 (for verifiers that
-    /// know nothing else).
-    #[value(name = "RS256", alias = "rs256")]
-    RS256,
-}
-
-impl SigningAlg {
-    /// The JOSE `alg` name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::EdDSA => "EdDSA",
-            Self::ES256 => "ES256",
-            Self::RS256 => "RS256",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Self::EdDSA, Self::ES256, Self::RS256]
-            .into_iter()
-            .find(|alg| alg.as_str() == name)
     }
 }
 
@@ -506,11 +237,14 @@ pub struct Settings {
     #[arg(long, env = "LATCHKEY_AUDIENCE", default_value = "latchkey")]
     pub audience: String,
 
-    /// Algorithm of newly generated signing keys.
+    /// Algorithm of newly generated signing keys: EdDSA (Ed25519, fast and
+    /// small), ES256 (ECDSA P-256) or RS256 (RSA 2048, for verifiers that
+    /// know nothing else).
     #[arg(
         long,
         env = "LATCHKEY_SIGNING_ALG",
         default_value = "EdDSA",
+        value_parser = signing_alg,
         global = true
     )]
     pub signing_alg: SigningAlg,
@@ -683,145 +417,19 @@ impl Settings {
             ),
         }
     }
-
-    /// Checks the relations between settings that flags alone cannot express.
-    /// The error names the setting at fault.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |setting: &'static str, reason: String| Err(ConfigError { setting, reason });
-        if self.issuer.trim().is_empty() {
-            return fail("LATCHKEY_ISSUER (--issuer)", "must not be empty".into());
-        }
-        if self.audience.trim().is_empty() {
-            return fail("LATCHKEY_AUDIENCE (--audience)", "must not be empty".into());
-        }
-        if self.access_token_ttl > self.session_ttl {
-            return fail(
-                "LATCHKEY_ACCESS_TOKEN_TTL (--access-token-ttl)",
-                "must not be longer than LATCHKEY_SESSION_TTL".into(),
-            );
-        }
-        if self.access_token_ttl > Duration::from_secs(24 * 3600) {
-            return fail(
-                "LATCHKEY_ACCESS_TOKEN_TTL (--access-token-ttl)",
-                "must be at most 24h: access tokens cannot be revoked before they expire".into(),
-            );
-        }
-        for origin in &self.cors_allowed_origins {
-            let ok = origin == "*"
-                || ((origin.starts_with("http://") || origin.starts_with("https://"))
-                    && !origin.trim_end_matches('/').contains(char::is_whitespace)
-                    && http::HeaderValue::from_str(origin).is_ok());
-            if !ok {
-                return fail(
-                    "LATCHKEY_CORS_ALLOWED_ORIGINS (--cors-allowed-origins)",
-                    format!("{origin:?} is not an origin like https://app.example.com"),
-                );
-            }
-        }
-        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
-            .contains(&self.rate_limit_window)
-        {
-            return fail(
-                "LATCHKEY_RATE_LIMIT_WINDOW (--rate-limit-window)",
-                "must be between 1s and 24h".into(),
-            );
-        }
-        if self.verify_backoff_max < Duration::from_secs(1) {
-            return fail(
-                "LATCHKEY_VERIFY_BACKOFF_MAX (--verify-backoff-max)",
-                "must be at least 1s".into(),
-            );
-        }
-        if self.code_max_age < self.code_ttl {
-            return fail(
-                "LATCHKEY_CODE_MAX_AGE (--code-max-age)",
-                "must not be shorter than LATCHKEY_CODE_TTL".into(),
-            );
-        }
-        if self.smtp_send_timeout < self.smtp_timeout {
-            return fail(
-                "LATCHKEY_SMTP_SEND_TIMEOUT (--smtp-send-timeout)",
-                "must not be shorter than LATCHKEY_SMTP_TIMEOUT".into(),
-            );
-        }
-        for url in &self.allowed_validation_urls {
-            if let Err(reason) = crate::auth::links::AllowedUrl::parse(url) {
-                return fail(
-                    "LATCHKEY_ALLOWED_VALIDATION_URLS (--allowed-validation-urls)",
-                    format!("{url:?}: {reason}"),
-                );
-            }
-        }
-        if let Some(url) = &self.default_validation_url {
-            let allowed = crate::auth::links::Allowlist::parse(&self.allowed_validation_urls)
-                .map_err(|e| ConfigError {
-                    setting: "LATCHKEY_ALLOWED_VALIDATION_URLS (--allowed-validation-urls)",
-                    reason: e,
-                })?;
-            if !allowed.permits(url) {
-                return fail(
-                    "LATCHKEY_DEFAULT_VALIDATION_URL (--default-validation-url)",
-                    "is not in LATCHKEY_ALLOWED_VALIDATION_URLS".into(),
-                );
-            }
-        }
-        if !crate::auth::links::is_locale(&self.default_locale) {
-            return fail(
-                "LATCHKEY_DEFAULT_LOCALE (--default-locale)",
-                "must be a language tag like `en` or `pt-BR`".into(),
-            );
-        }
-        if self.outbox_lease < Duration::from_secs(1) {
-            return fail(
-                "LATCHKEY_OUTBOX_LEASE (--outbox-lease)",
-                "must be at least 1s".into(),
-            );
-        }
-        if self.outbox_retry_base > self.outbox_retry_max {
-            return fail(
-                "LATCHKEY_OUTBOX_RETRY_BASE (--outbox-retry-base)",
-                "must not be longer than LATCHKEY_OUTBOX_RETRY_MAX".into(),
-            );
-        }
-        if let Err(e) = self.mail_from.parse::<lettre::message::Mailbox>() {
-            return fail(
-                "LATCHKEY_MAIL_FROM (--mail-from)",
-                format!("not a valid mailbox ({e}); expected e.g. `App <no-reply@example.com>`"),
-            );
-        }
-        let url = self.database_url();
-        if !(url.starts_with("postgres://")
-            || url.starts_with("postgresql://")
-            || url.starts_with("sqlite:"))
-        {
-            return fail(
-                "LATCHKEY_DATABASE_URL (--database-url)",
-                "must start with postgres://, postgresql:// or sqlite:".into(),
-            );
-        }
-        if let Some(smtp) = &self.smtp_url {
-            let s = smtp.expose();
-            if !(s.starts_with("smtp://") || s.starts_with("smtps://")) {
-                return fail(
-                    "LATCHKEY_SMTP_URL (--smtp-url)",
-                    "must start with smtp:// or smtps://".into(),
-                );
-            }
-        }
-        Ok(())
-    }
 }
 
-/// A configuration problem, naming the setting at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {setting}: {reason}")]
-pub struct ConfigError {
-    pub setting: &'static str,
-    pub reason: String,
+/// A signing algorithm by its JOSE name (any case).
+pub(crate) fn signing_alg(s: &str) -> Result<SigningAlg, String> {
+    SigningAlg::ALL
+        .iter()
+        .copied()
+        .find(|alg| alg.as_str().eq_ignore_ascii_case(s))
+        .ok_or_else(|| format!("{s:?} is not one of EdDSA, ES256, RS256"))
 }
 
 /// Parses a positive human duration such as `15m`, `10s` or `30days`.
-fn duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     let d = duration_or_zero(s)?;
     if d.is_zero() {
         return Err("must be longer than zero".into());
@@ -829,13 +437,14 @@ fn duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn duration_or_zero(s: &str) -> Result<Duration, String> {
+pub(crate) fn duration_or_zero(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 500ms, 10s, 15m, 30days)"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Cli;
 
     #[test]
     fn defaults_are_valid_and_use_sqlite_in_the_data_dir() {
@@ -893,7 +502,7 @@ mod tests {
     #[test]
     fn the_readme_documents_every_setting() {
         use clap::CommandFactory;
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let mut cmd = Cli::command();
         let mut envs: Vec<String> = Vec::new();
         let mut collect = |c: &clap::Command| {

@@ -1,0 +1,268 @@
+//! Verify: a code or a magic link proves the address; the session
+//! becomes active and the user is found or created.
+
+use std::time::Duration;
+
+use super::{
+    AuthService, Tokens, User, Verified, VerifyProof,
+    input::parse_uuid,
+    limits, secrets,
+    secrets::RefreshToken,
+    tenants::{SignupPolicy, Tenant},
+};
+use crate::{
+    clock::{UnixMillis, millis},
+    error::AuthError,
+    metrics,
+    store::{SessionEnd, SessionStage},
+};
+
+/// Why a proof was refused, finer than the caller is told: an expired code
+/// is CODE_INVALID to the caller (no oracle), "expired" in the metrics.
+enum Refusal {
+    Expired,
+    Other(AuthError),
+}
+
+impl<E: Into<AuthError>> From<E> for Refusal {
+    fn from(e: E) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+impl Refusal {
+    fn into_error(self) -> AuthError {
+        match self {
+            Self::Expired => AuthError::CodeInvalid,
+            Self::Other(e) => e,
+        }
+    }
+}
+
+impl AuthService {
+    /// Verifies a code. Every attempt is counted before the code is compared,
+    /// in the same transaction that (on success) activates the session,
+    /// creates the user if needed and issues the first refresh token; so of
+    /// any number of racing attempts with the right code exactly one wins.
+    #[tracing::instrument(name = "verify", skip_all, fields(tenant = %tenant.id, session_id))]
+    pub async fn verify(&self, tenant: &Tenant, proof: VerifyProof) -> Result<Verified, AuthError> {
+        let kind = if proof.link_token.is_some() {
+            "link"
+        } else {
+            "code"
+        };
+        let result = match self.signing_keys_ready(tenant).await {
+            Ok(()) => self.check_proof(tenant, proof).await,
+            Err(e) => Err(Refusal::Other(e)),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(Refusal::Expired) => "expired",
+            Err(Refusal::Other(e)) => match e {
+                AuthError::CodeInvalid => "invalid",
+                AuthError::TooManyAttempts => "too_many_attempts",
+                AuthError::RateLimited(_) => "rate_limited",
+                AuthError::InvalidArgument { .. } => "bad_input",
+                _ => "error",
+            },
+        };
+        ::metrics::counter!(metrics::VERIFICATIONS, "proof" => kind, "result" => outcome)
+            .increment(1);
+        result.map_err(Refusal::into_error)
+    }
+
+    /// [`Self::verify`] without the metrics.
+    async fn check_proof(&self, tenant: &Tenant, proof: VerifyProof) -> Result<Verified, Refusal> {
+        let code = match (proof.code.as_deref(), proof.link_token.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(AuthError::invalid(
+                    "link_token",
+                    "give either code (with session_id) or link_token, not both",
+                )
+                .into());
+            }
+            (None, Some(link)) => {
+                let session_id = proof.session_id.as_deref();
+                return Ok(self.verify_link(tenant, link, session_id).await?);
+            }
+            (code, None) => code,
+        };
+        let inner = &self.inner;
+        let policy = &tenant.policy;
+        // (A missing value gets each parser's "is required".)
+        let session_id = parse_uuid(
+            proof.session_id.as_deref().unwrap_or_default(),
+            "session_id",
+        )?;
+        tracing::Span::current().record("session_id", session_id.as_str());
+        let code = secrets::parse_code(code.unwrap_or_default())?;
+
+        let now = inner.clock.now_ms();
+        let max_attempts = i32::try_from(policy.code_max_attempts).unwrap_or(i32::MAX);
+        let mut tx = inner.store.begin().await?;
+        let Some(attempt) = tx
+            .take_code_attempt(&tenant.id, &session_id, now, max_attempts)
+            .await?
+        else {
+            // Nothing was counted; say why only when the session was ended
+            // by its own attempt limit (not an oracle for the code).
+            let status = tx.session_status(&tenant.id, &session_id).await?;
+            let expired = status
+                .as_ref()
+                .is_some_and(|s| s.state == SessionStage::Pending && s.proof_expires_at <= now);
+            return Err(match status {
+                Some(s) if s.end_reason == Some(SessionEnd::TooManyAttempts) => {
+                    Refusal::Other(AuthError::TooManyAttempts)
+                }
+                _ if expired => Refusal::Expired,
+                _ => Refusal::Other(AuthError::CodeInvalid),
+            });
+        };
+
+        // The address's budget of wrong codes (across all its sessions and
+        // resends). Once spent, an attempt waits out an exponential backoff,
+        // except the first attempt on a session: whoever holds a fresh email
+        // can always try its code once (see docs/abuse-protection.md, "Attempt
+        // budgets that survive new codes").
+        let failures = inner
+            .limit_keys
+            .for_failures(&policy.limits, &attempt.email, now);
+        if let Some(counter) = &failures
+            && attempt.attempts > 1
+            && let Some((count, last_at)) = tx
+                .lock_counter(&tenant.id, &counter.key, counter.window_start)
+                .await?
+        {
+            let wait = limits::backoff(
+                u32::try_from(count).unwrap_or(0),
+                counter.limit,
+                policy.limits.backoff_max,
+            );
+            let open_at = last_at + millis(wait);
+            if now < open_at {
+                // Rolled back: this attempt is not counted anywhere.
+                tracing::info!("verification backing off: wrong-code budget spent");
+                metrics::count(metrics::RATE_LIMITED, "limit", "wrong_codes");
+                return Err(AuthError::RateLimited(Duration::from_millis(
+                    u64::try_from(open_at - now).unwrap_or(1),
+                ))
+                .into());
+            }
+        }
+
+        if !inner.codes.matches(&session_id, code, &attempt.code_hash) {
+            if let Some(counter) = &failures {
+                let hit = crate::store::Hit {
+                    key: &counter.key,
+                    window_start: counter.window_start,
+                };
+                tx.hit(&tenant.id, &[hit], now).await?;
+            }
+            if attempt.attempts >= max_attempts {
+                tx.end_session(&tenant.id, &session_id, SessionEnd::TooManyAttempts, now)
+                    .await?;
+                tx.commit().await?;
+                tracing::info!("login ended after too many wrong codes");
+                return Err(AuthError::TooManyAttempts.into());
+            }
+            tx.commit().await?;
+            tracing::info!(attempts = attempt.attempts, "wrong code");
+            return Err(AuthError::CodeInvalid.into());
+        }
+        Ok(self
+            .complete_login(tx, tenant, session_id, &attempt.email, now)
+            .await?)
+    }
+
+    /// Verifies a magic link's token: single use like a code, and it ends
+    /// the session's code too (whichever proof is used first wins).
+    async fn verify_link(
+        &self,
+        tenant: &Tenant,
+        link_token: &str,
+        session_id: Option<&str>,
+    ) -> Result<Verified, AuthError> {
+        let inner = &self.inner;
+        let token = secrets::LinkToken::parse(link_token, "link_token")?;
+        let expected_session = session_id
+            .map(|given| parse_uuid(given, "session_id"))
+            .transpose()?;
+        let now = inner.clock.now_ms();
+        let mut tx = inner.store.begin().await?;
+        let Some(found) = tx.take_link(&tenant.id, &token.hash(), now).await? else {
+            return Err(AuthError::CodeInvalid);
+        };
+        if expected_session.is_some_and(|s| s != found.session_id) {
+            return Err(AuthError::CodeInvalid);
+        }
+        tracing::Span::current().record("session_id", found.session_id.as_str());
+        self.complete_login(tx, tenant, found.session_id, &found.email, now)
+            .await
+    }
+
+    /// The end of a successful verification, in the transaction that checked
+    /// the proof: the user (created on first login when allowed), the
+    /// session made active with its proofs wiped, the first refresh token.
+    async fn complete_login(
+        &self,
+        mut tx: crate::store::Tx,
+        tenant: &Tenant,
+        session_id: String,
+        email: &str,
+        now: UnixMillis,
+    ) -> Result<Verified, AuthError> {
+        let policy = &tenant.policy;
+        let (user, new_user) = match policy.signup_policy {
+            SignupPolicy::LoginOrCreate => {
+                let new_id = uuid::Uuid::now_v7().to_string();
+                tx.find_or_create_user(&tenant.id, email, &new_id, now)
+                    .await?
+            }
+            // (A proof for an unknown address was never sent; even a lucky
+            // guess must not create an account.)
+            SignupPolicy::LoginOnly => match tx.find_user(&tenant.id, email).await? {
+                Some(user) => (user, false),
+                None => {
+                    tx.commit().await?;
+                    return Err(AuthError::CodeInvalid);
+                }
+            },
+        };
+        let session_expires_at = now + millis(policy.session_ttl);
+        if !tx
+            .activate_session(&tenant.id, &session_id, &user.id, now, session_expires_at)
+            .await?
+        {
+            // Unreachable while the proof's row lock is held; be safe anyway.
+            return Err(AuthError::CodeInvalid);
+        }
+        let refresh_token = RefreshToken::generate();
+        tx.insert_refresh_token(&tenant.id, &session_id, &refresh_token.hash(), now)
+            .await?;
+        let (access_token, expires_in) = self.sign_access_token(
+            tenant,
+            &user.id,
+            &user.email,
+            &session_id,
+            now,
+            session_expires_at,
+        )?;
+        tx.commit().await?;
+        tracing::info!(user_id = %user.id, new_user, "login verified");
+
+        Ok(Verified {
+            tokens: Tokens {
+                access_token,
+                expires_in,
+                refresh_token,
+            },
+            user: User {
+                id: user.id,
+                email: user.email,
+                created_at: user.created_at,
+            },
+            session_id,
+            new_user,
+        })
+    }
+}
