@@ -169,7 +169,7 @@ mod tests {
     use super::*;
 
     fn defaults() -> Policy {
-        crate::config::Settings::defaults().default_policy()
+        Policy::for_tests()
     }
 
     #[test]

@@ -636,12 +636,7 @@ impl OutboxWorker {
         let domain = from.email.domain().to_owned();
         let message = lettre::Message::builder()
             .from(from)
-            // The one validation StartAuth applied (an old row may hold a
-            // spelling from before addresses were canonical).
-            .to(Mailbox::new(
-                None,
-                EmailAddress::parse(&mail.recipient)?.to_lettre(),
-            ))
+            .to(Mailbox::new(None, recipient(&mail.recipient)?))
             .subject(rendered.subject)
             // Stable across retries, so a duplicate delivery is recognisable.
             .message_id(Some(format!("<{}@{domain}>", mail.id)))
@@ -672,6 +667,14 @@ impl OutboxWorker {
         let half = full / 2;
         half + half.mul_f64(rand::random::<f64>())
     }
+}
+
+/// The transport's recipient for a stored address: the one validation
+/// StartAuth applied, then lettre's own (which [`EmailAddress::parse`] already
+/// meets; an old row may hold a spelling from before addresses were canonical).
+fn recipient(stored: &str) -> anyhow::Result<lettre::Address> {
+    let email = EmailAddress::parse(stored)?;
+    Ok(lettre::Address::new(email.local_part(), email.domain())?)
 }
 
 /// Counts recorded outcomes in the `latchkey_emails_total` metric.
