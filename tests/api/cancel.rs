@@ -12,7 +12,7 @@ use latchkey::proto::{
 
 use crate::{
     client::{ApiClient, Transport},
-    helpers::{Backend, Served, SmtpSink, TempDir, TestDb, TestPool},
+    helpers::{Backend, Served, SmtpSink, TempDir, TestDb, TestPool, create_scoped_key},
     tenants::with_key,
 };
 
@@ -33,13 +33,10 @@ async fn cancelled_admin_calls_leave_connections_clean() {
     let db = TestDb::new(Backend::Postgres).await;
     let dir = TempDir::new();
     let smtp = SmtpSink::start();
-    let admin_key = app_key(
-        &dir,
-        &[
-            ("LATCHKEY_DATABASE_URL", db.url.as_str()),
-            ("LATCHKEY_LOG", "error"),
-        ],
+    let admin_key = create_scoped_key(
+        &dir.path,
         "admin",
+        &[("LATCHKEY_DATABASE_URL", db.url.as_str())],
     )
     .await;
     let mut served = Served::start(
@@ -121,7 +118,7 @@ async fn cancelled_calls_leave_connections_clean(transport: Transport) {
         ("LATCHKEY_DATABASE_URL", db.url.as_str()),
         ("LATCHKEY_LOG", "error"),
     ];
-    let key = app_key(&dir, &envs, "app").await;
+    let key = create_scoped_key(&dir.path, "app", &envs).await;
     let mut served = Served::start(
         &dir.path,
         &[
@@ -330,23 +327,4 @@ fn start(email: &str) -> proto::StartAuthRequest {
         method: proto::Method::Code.into(),
         ..Default::default()
     }
-}
-
-/// A key of the default tenant with `scope` (`app` or `admin`), made with
-/// the CLI on the test's database.
-async fn app_key(dir: &TempDir, envs: &[(&str, &str)], scope: &str) -> String {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args(["apikey", "create", "--name", "tests", "--scope", scope])
-        .env("LATCHKEY_DATA_DIR", &dir.path)
-        .envs(envs.iter().copied())
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .find(|w| w.starts_with("lk_"))
-        .expect("a key in the output")
-        .to_owned()
 }

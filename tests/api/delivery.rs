@@ -35,8 +35,12 @@ where
     }
 }
 
-async fn sent_count(app: &TestApp) -> i64 {
-    app.store.outbox_counts().await.unwrap().sent
+/// Whether the outbox has recorded exactly `n` emails as sent within `within`.
+async fn sent_within(app: &TestApp, n: i64, within: Duration) -> bool {
+    eventually(within, || async {
+        app.store.outbox_counts().await.unwrap().sent == n
+    })
+    .await
 }
 
 async fn a_slow_answer_to_the_end_of_a_message_is_awaited_not_resent(backend: Backend) {
@@ -52,10 +56,7 @@ async fn a_slow_answer_to_the_end_of_a_message_is_awaited_not_resent(backend: Ba
     app.start_auth("slow@example.com").await.unwrap();
 
     assert!(
-        eventually(Duration::from_secs(8), || async {
-            sent_count(&app).await == 1
-        })
-        .await,
+        sent_within(&app, 1, Duration::from_secs(8)).await,
         "never recorded as sent: {:?}",
         app.outbox_errors().await
     );
@@ -101,10 +102,7 @@ async fn a_message_the_relay_never_confirmed_is_not_sent_again_at_once(backend: 
     app.smtp.set_delay(Duration::ZERO);
     app.clock.advance(Duration::from_secs(601));
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            sent_count(&app).await == 1
-        })
-        .await,
+        sent_within(&app, 1, Duration::from_secs(5)).await,
         "{:?}",
         app.outbox_errors().await
     );
@@ -187,10 +185,7 @@ async fn a_slow_relay_gets_as_many_emails_at_once_as_configured(backend: Backend
         .collect();
     futures_util::future::join_all(logins).await;
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            sent_count(&app).await == 24
-        })
-        .await,
+        sent_within(&app, 24, Duration::from_secs(20)).await,
         "not every email went out"
     );
     // More than the old fixed 8 were in flight at once, never more than 12.
@@ -214,10 +209,7 @@ async fn a_send_longer_than_the_lease_keeps_its_claim(backend: Backend) {
 
     app.smtp.wait_for("long@example.com").await;
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            sent_count(&app).await == 1
-        })
-        .await,
+        sent_within(&app, 1, Duration::from_secs(5)).await,
         "{:?}",
         app.outbox_errors().await
     );
@@ -268,12 +260,7 @@ async fn emails_waiting_for_a_retry_go_out_soon_after_the_relay_recovers(backend
         took < Duration::from_secs(12),
         "{took:?} after the relay came back"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            sent_count(&app).await == 3
-        })
-        .await
-    );
+    assert!(sent_within(&app, 3, Duration::from_secs(5)).await);
     for email in who {
         assert_eq!(sink.mails_to(email).len(), 1, "{email}");
     }
@@ -541,17 +528,14 @@ async fn a_database_connection_frozen_mid_claim_holds_up_no_email() {
         "sent {late:?} after the freeze"
     );
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            sent_count(&b).await == 1
-        })
-        .await,
+        sent_within(&b, 1, Duration::from_secs(10)).await,
         "never recorded as sent"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(smtp.mails_to(victim).len(), 1, "one copy");
 
     // With B gone, A sends the next email itself.
-    b.shutdown.cancel();
+    b.begin_shutdown();
     let mut b = b;
     b.stopped().await.unwrap();
     a.start_auth("after@example.com").await.unwrap();

@@ -164,8 +164,7 @@ async fn the_jwks_is_cacheable_and_revalidates_with_its_etag() {
     assert!(key.get("n").is_none() && key.get("y").is_none());
     // The same keys as gRPC GetJwks.
     let grpc = app
-        .grpc
-        .clone()
+        .grpc_client()
         .get_jwks(proto::GetJwksRequest::default())
         .await
         .unwrap()

@@ -228,7 +228,7 @@ async fn each_tenant_signs_with_keys_of_its_own(case: crate::helpers::Case) {
             "authorization",
             format!("Bearer {shop_key}").parse().unwrap(),
         );
-        let by_key = app.grpc.clone().get_jwks(request).await.unwrap();
+        let by_key = app.grpc_client().get_jwks(request).await.unwrap();
         assert_eq!(kids(by_key.into_inner()), shop_kids);
     }
 }

@@ -49,7 +49,7 @@ async fn without_smtp_the_dev_mailbox_keeps_each_email_as_an_eml_file() {
     let app = spawn_app_with(Backend::Sqlite, |s| s.smtp_url = None).await;
     let started = app.start_auth("dev@example.com").await.unwrap();
 
-    let mailbox = app.data_dir.path.join("mailbox");
+    let mailbox = app.mailbox_dir();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let file = loop {
         let found = std::fs::read_dir(&mailbox).ok().and_then(|d| {

@@ -222,9 +222,7 @@ async fn postgres_without_smtp_needs_the_dev_mailbox_flag_to_build() {
     .await;
     app.start_auth("dev@example.com").await.unwrap();
     app.wait_outbox_drained().await;
-    let files = std::fs::read_dir(app.data_dir.path.join("mailbox"))
-        .unwrap()
-        .count();
+    let files = std::fs::read_dir(app.mailbox_dir()).unwrap().count();
     assert_eq!(files, 1);
 }
 

@@ -47,7 +47,7 @@ async fn health_is_serving_and_goes_not_serving_first_on_shutdown() {
         ServingStatus::Serving as i32
     );
 
-    app.shutdown.cancel();
+    app.begin_shutdown();
     let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
         .await
         .unwrap();
@@ -142,7 +142,7 @@ async fn a_call_in_flight_when_shutdown_starts_completes(backend: Backend) {
         "the call should be blocked on the lock"
     );
 
-    app.shutdown.cancel();
+    app.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(300)).await;
     lock.release().await;
 

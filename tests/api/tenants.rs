@@ -664,10 +664,10 @@ async fn key_use_is_recorded_in_batches_and_shown_in_listings() {
     let still = app.admin.list_api_keys(Some("default")).await.unwrap();
     assert_eq!(still[0].last_used_at, None);
     // ...but in a batch (at the latest when the server stops).
-    app.shutdown.cancel();
+    app.begin_shutdown();
     app.stopped().await.unwrap();
     // (The server closed its pool; read through a fresh store.)
-    let store = latchkey::store::Store::connect(&app.db.url, &Default::default())
+    let store = latchkey::store::Store::connect(app.database_url(), &Default::default())
         .await
         .unwrap();
     let rows = store.all_api_keys().await.unwrap();

@@ -52,19 +52,25 @@ pub struct TestApp {
     pub key: String,
     /// The server's admin operations, in-process.
     pub admin: latchkey::auth::admin::Admin,
-    pub grpc: AuthServiceClient<Channel>,
+    /// The gRPC listener's address.
     pub addr: SocketAddr,
     /// `http://127.0.0.1:<port>` of the JSON gateway.
     pub http_base: String,
+    /// A plain HTTP client, for gateway calls outside [`ApiClient`].
     pub http: reqwest::Client,
+    /// The service's clock: `advance` it instead of waiting.
     pub clock: Clock,
+    /// The SMTP server the outbox delivers to.
     pub smtp: SmtpSink,
+    /// The server's store, for assertions on stored state.
     pub store: Store,
+    /// The settings the server runs with.
     pub settings: Settings,
-    pub db: Arc<TestDb>,
-    pub shutdown: CancellationToken,
+    grpc: AuthServiceClient<Channel>,
+    pub(super) db: Arc<TestDb>,
+    shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    pub data_dir: Arc<TempDir>,
+    pub(super) data_dir: Arc<TempDir>,
 }
 
 /// Starts a server on a fresh database with a working SMTP server.
@@ -188,6 +194,26 @@ pub struct LoggedIn {
 }
 
 impl TestApp {
+    /// A gRPC AuthService client without an API key (add one per request).
+    pub fn grpc_client(&self) -> AuthServiceClient<Channel> {
+        self.grpc.clone()
+    }
+
+    /// The database this server uses.
+    pub fn database_url(&self) -> &str {
+        &self.db.url
+    }
+
+    /// The development mailbox folder (when no SMTP relay is configured).
+    pub fn mailbox_dir(&self) -> std::path::PathBuf {
+        self.data_dir.path.join("mailbox")
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM does; `stopped` awaits it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// StartAuth with just an email (METHOD_CODE).
     pub async fn start_auth(&self, email: &str) -> Result<proto::StartAuthResponse, ApiError> {
         self.api

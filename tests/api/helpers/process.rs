@@ -346,8 +346,18 @@ pub async fn create_key(dir: &std::path::Path) -> String {
 
 /// [`create_key`] with more `LATCHKEY_*` settings (another database, say).
 pub async fn create_key_with(dir: &std::path::Path, envs: &[(&str, &str)]) -> String {
+    create_scoped_key(dir, "app", envs).await
+}
+
+/// A key of the default tenant with `scope` (`app` or `admin`), made with the
+/// CLI on the database `envs` and the data directory `dir` name.
+pub async fn create_scoped_key(
+    dir: &std::path::Path,
+    scope: &str,
+    envs: &[(&str, &str)],
+) -> String {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args(["apikey", "create", "--name", "tests"])
+        .args(["apikey", "create", "--name", "tests", "--scope", scope])
         .envs(envs.iter().copied())
         .env("LATCHKEY_DATA_DIR", dir)
         .env("LATCHKEY_LOG", "error")
@@ -358,7 +368,7 @@ pub async fn create_key_with(dir: &std::path::Path, envs: &[(&str, &str)]) -> St
     String::from_utf8(out.stdout)
         .unwrap()
         .split_whitespace()
-        .find(|w| w.starts_with("lk_app_"))
+        .find(|w| w.starts_with("lk_"))
         .expect("a key in the output")
         .to_owned()
 }
