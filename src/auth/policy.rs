@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{limits, links, tenants::SignupPolicy};
+use super::{limits, links, passkeys::PasskeyPolicy, tenants::SignupPolicy};
 
 /// The rules a tenant's logins follow: the server defaults, overridden by
 /// the tenant's settings ([`tenants::TenantSettings::apply`]).
@@ -27,4 +27,5 @@ pub struct Policy {
     pub signup_policy: SignupPolicy,
     pub notify_unknown_address: bool,
     pub limits: limits::Limits,
+    pub passkeys: PasskeyPolicy,
 }
