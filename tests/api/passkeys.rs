@@ -9,7 +9,8 @@ use base64::Engine;
 use latchkey::{auth::tenants::TenantSettings, proto};
 
 use crate::helpers::{
-    ApiClient, ApiError, Authenticator, Case, LoggedIn, TestApp, spawn_app_with, verify_with_jwks,
+    ApiClient, ApiError, Authenticator, Case, LoggedIn, TestApp, spawn_app, spawn_app_with,
+    verify_with_jwks,
 };
 use crate::matrix;
 
@@ -26,6 +27,8 @@ matrix!(
     a_passkey_login_answers_the_same_for_any_address,
     without_a_relying_party_passkeys_are_not_configured,
     failed_assertions_spend_the_wrong_code_budget,
+    zero_configuration_serves_pages_on_any_localhost_port,
+    racing_finishes_of_one_ceremony_make_one_session,
 );
 
 /// The page of the app (an allowed origin).
@@ -510,6 +513,21 @@ async fn a_counter_regression_is_refused_recorded_and_marks_the_passkey(case: Ca
         listed[0].counter_regressed_at.is_some(),
         "the passkey is marked"
     );
+    // Recorded in the metrics (this process's recorder, the server's).
+    let rendered = latchkey::metrics::handle().render();
+    let refused = rendered
+        .lines()
+        .find(|l| l.starts_with("latchkey_passkey_counter_regressions_total{action=\"refused\"}"))
+        .expect("the regression is counted");
+    assert!(
+        refused
+            .split(' ')
+            .next_back()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            >= 1.0
+    );
     // From now on the passkey is refused, whoever holds it.
     assert_code(
         passkey_login(&app, &mut ada.device, "").await,
@@ -659,4 +677,66 @@ async fn failed_assertions_spend_the_wrong_code_budget(case: Case) {
     finish_login(&app.api, &started.ceremony_id, genuine)
         .await
         .expect("after the backoff");
+}
+
+async fn zero_configuration_serves_pages_on_any_localhost_port(case: Case) {
+    // The defaults: relying party `localhost`, no origins configured.
+    let app = spawn_app(case).await;
+    let login = app.login("ada@example.com").await;
+    let mut device = Authenticator::new();
+    let started = start_registration(&app.api, &token(&login)).await.unwrap();
+    let options: serde_json::Value = serde_json::from_str(&started.options_json).unwrap();
+    assert_eq!(options["publicKey"]["rp"]["id"], "localhost");
+    let credential = device
+        .create("http://localhost:3000", &started.options_json)
+        .unwrap();
+    finish_registration(&app.api, &token(&login), &started.ceremony_id, credential)
+        .await
+        .unwrap();
+    let started = start_login(&app.api, "").await.unwrap();
+    let assertion = device.sign_in("http://localhost:5173", &started);
+    finish_login(&app.api, &started.ceremony_id, assertion)
+        .await
+        .expect("any localhost port");
+    // Not another site, even one the authenticator would sign for.
+    let started = start_login(&app.api, "").await.unwrap();
+    let assertion = device.sign_in("https://localhost", &started);
+    assert_code(
+        finish_login(&app.api, &started.ceremony_id, assertion).await,
+        "PASSKEY_INVALID",
+    );
+}
+
+async fn racing_finishes_of_one_ceremony_make_one_session(case: Case) {
+    let app = spawn(case).await;
+    let mut ada = register(&app, "ada@example.com").await;
+    let started = start_login(&app.api, "").await.unwrap();
+    let assertion = ada.device.sign_in(ORIGIN, &started);
+    let finishes: Vec<_> = (0..6)
+        .map(|_| {
+            let api = app.api.clone();
+            let (id, assertion) = (started.ceremony_id.clone(), assertion.clone());
+            tokio::spawn(async move { finish_login(&api, &id, assertion).await })
+        })
+        .collect();
+    let mut won = 0;
+    for finish in finishes {
+        match finish.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(e) => assert_eq!(e.code, "PASSKEY_CEREMONY_INVALID", "{e:?}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one finish wins");
+    let user_id = ada.login.verify.user.unwrap().id;
+    let sessions = app
+        .api
+        .list_sessions(proto::ListSessionsRequest { user_id })
+        .await
+        .unwrap()
+        .sessions;
+    assert_eq!(
+        sessions.len(),
+        2,
+        "the email login's and one passkey login's"
+    );
 }
