@@ -288,6 +288,31 @@ async fn a_deleted_passkey_no_longer_signs_in(case: Case) {
     );
     // Email login remains.
     app.login("ada@example.com").await;
+
+    // Deleting the user deletes their passkeys (and ceremonies) with them.
+    let mut bea = register(&app, "bea@example.com").await;
+    let started = start_registration(&app.api, &token(&bea.login))
+        .await
+        .unwrap();
+    let bea_id = bea.login.verify.user.clone().unwrap().id;
+    app.admin.delete_user("default", &bea_id).await.unwrap();
+    assert_code(
+        passkey_login(&app, &mut bea.device, "").await,
+        "PASSKEY_INVALID",
+    );
+    let credential = Authenticator::new()
+        .create(ORIGIN, &started.options_json)
+        .unwrap();
+    assert_code(
+        finish_registration(
+            &app.api,
+            &token(&bea.login),
+            &started.ceremony_id,
+            credential,
+        )
+        .await,
+        "ACCESS_TOKEN_INVALID",
+    );
 }
 
 async fn answers_from_another_origin_or_relying_party_are_refused(case: Case) {
