@@ -304,7 +304,7 @@ fn print_tenant(t: &Tenant) {
         serde_json::to_string_pretty(&t.settings).unwrap_or_default()
     );
     println!(
-        "effective: issuer={} audience={} access_token_ttl={}s session_ttl={}s code_length={} code_ttl={}s signup={:?}",
+        "effective: issuer={} audience={} access_token_ttl={}s session_ttl={}s code_length={} code_ttl={}s signup={:?} passkey_rp_id={}",
         t.policy.issuer,
         t.policy.audience,
         t.policy.access_token_ttl.as_secs(),
@@ -312,6 +312,7 @@ fn print_tenant(t: &Tenant) {
         t.policy.code_length,
         t.policy.code_ttl.as_secs(),
         t.policy.signup_policy,
+        t.policy.passkeys.rp_id.as_deref().unwrap_or("off"),
     );
 }
 
