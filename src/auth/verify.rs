@@ -1,10 +1,12 @@
 //! Verify: a code or a magic link proves the address; the session
 //! becomes active and the user is found or created.
 
+use std::time::Duration;
+
 use super::{
     AuthService, Tokens, User, Verified, VerifyProof,
     input::parse_uuid,
-    secrets,
+    limits, secrets,
     secrets::RefreshToken,
     tenants::{SignupPolicy, Tenant},
 };
@@ -154,6 +156,38 @@ impl AuthService {
         Ok(self
             .complete_login(tx, tenant, session_id, &attempt.email, now)
             .await?)
+    }
+
+    /// Refuses a Verify or a passkey login while the address's failure
+    /// budget is spent and its backoff has not passed (the transaction is
+    /// rolled back: nothing is counted).
+    pub(super) async fn failure_backoff(
+        &self,
+        tx: &mut crate::store::Tx,
+        tenant: &Tenant,
+        counter: &limits::Counter,
+        now: UnixMillis,
+    ) -> Result<(), AuthError> {
+        let Some((count, last_at)) = tx
+            .lock_counter(&tenant.id, &counter.key, counter.window_start)
+            .await?
+        else {
+            return Ok(());
+        };
+        let wait = limits::backoff(
+            u32::try_from(count).unwrap_or(0),
+            counter.limit,
+            tenant.policy.limits.backoff_max,
+        );
+        let open_at = last_at + millis(wait);
+        if now < open_at {
+            tracing::info!("backing off: the address's failure budget is spent");
+            metrics::count(metrics::RATE_LIMITED, "limit", "wrong_codes");
+            return Err(AuthError::RateLimited(Duration::from_millis(
+                u64::try_from(open_at - now).unwrap_or(1),
+            )));
+        }
+        Ok(())
     }
 
     /// Verifies a magic link's token: single use like a code, and it ends

@@ -6,8 +6,6 @@
 //! holds for the site (discoverable credentials), and its answer names the
 //! credential and its user.
 
-use std::time::Duration;
-
 use webauthn_rs::prelude::{
     DiscoverableAuthentication, Passkey, PublicKeyCredential, WebauthnError,
 };
@@ -18,10 +16,9 @@ use crate::{
         AuthService, ClientInfo, Verified,
         email::EmailAddress,
         input::{parse_client_ip, parse_user_agent, parse_uuid},
-        limits,
         tenants::Tenant,
     },
-    clock::{UnixMillis, millis},
+    clock::millis,
     error::AuthError,
     metrics,
     store::{CeremonyKind, Method, PasskeyUse, Tx},
@@ -209,38 +206,6 @@ impl AuthService {
         tracing::info!(passkey_id = %stored.id, "passkey login");
         self.issue_tokens(tx, tenant, session_id, user, false, now, session_expires_at)
             .await
-    }
-
-    /// Refuses a Verify or a passkey login while the address's failure
-    /// budget is spent and its backoff has not passed (the transaction is
-    /// rolled back: nothing is counted).
-    pub(in crate::auth) async fn failure_backoff(
-        &self,
-        tx: &mut Tx,
-        tenant: &Tenant,
-        counter: &limits::Counter,
-        now: UnixMillis,
-    ) -> Result<(), AuthError> {
-        let Some((count, last_at)) = tx
-            .lock_counter(&tenant.id, &counter.key, counter.window_start)
-            .await?
-        else {
-            return Ok(());
-        };
-        let wait = limits::backoff(
-            u32::try_from(count).unwrap_or(0),
-            counter.limit,
-            tenant.policy.limits.backoff_max,
-        );
-        let open_at = last_at + millis(wait);
-        if now < open_at {
-            tracing::info!("backing off: the address's failure budget is spent");
-            metrics::count(metrics::RATE_LIMITED, "limit", "wrong_codes");
-            return Err(AuthError::RateLimited(Duration::from_millis(
-                u64::try_from(open_at - now).unwrap_or(1),
-            )));
-        }
-        Ok(())
     }
 }
 
