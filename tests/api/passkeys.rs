@@ -10,7 +10,7 @@ use latchkey::{auth::tenants::TenantSettings, proto};
 
 use crate::helpers::{
     ApiClient, ApiError, Authenticator, Case, LoggedIn, TestApp, spawn_app, spawn_app_with,
-    verify_with_jwks,
+    spawn_replica, verify_with_jwks,
 };
 use crate::matrix;
 
@@ -29,6 +29,7 @@ matrix!(
     failed_assertions_spend_the_wrong_code_budget,
     zero_configuration_serves_pages_on_any_localhost_port,
     racing_finishes_of_one_ceremony_make_one_session,
+    a_ceremony_started_on_one_replica_finishes_on_another,
 );
 
 /// The page of the app (an allowed origin).
@@ -763,5 +764,35 @@ async fn racing_finishes_of_one_ceremony_make_one_session(case: Case) {
         sessions.len(),
         2,
         "the email login's and one passkey login's"
+    );
+}
+
+async fn a_ceremony_started_on_one_replica_finishes_on_another(case: Case) {
+    let app = spawn(case).await;
+    let replica = spawn_replica(&app, |_| {}).await;
+    let login = app.login("ada@example.com").await;
+    let mut device = Authenticator::new();
+
+    let started = start_registration(&app.api, &token(&login)).await.unwrap();
+    let credential = device.create(ORIGIN, &started.options_json).unwrap();
+    finish_registration(
+        &replica.api,
+        &token(&login),
+        &started.ceremony_id,
+        credential,
+    )
+    .await
+    .expect("registration finished on the other replica");
+
+    let started = start_login(&replica.api, "ada@example.com").await.unwrap();
+    let assertion = device.sign_in(ORIGIN, &started);
+    let signed_in = finish_login(&app.api, &started.ceremony_id, assertion.clone())
+        .await
+        .expect("login finished on the first replica");
+    verify_with_jwks(&app, &signed_in.token).await;
+    // Used up for both.
+    assert_code(
+        finish_login(&replica.api, &started.ceremony_id, assertion).await,
+        "PASSKEY_CEREMONY_INVALID",
     );
 }
