@@ -50,6 +50,30 @@ pub enum AuthError {
     /// An admin operation would create something that exists already.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The access token presented for a user is not valid now: not one of
+    /// the tenant's, expired, or its session ended.
+    #[error("the access token is invalid or has expired")]
+    AccessTokenInvalid,
+    /// Passkeys are off for the tenant (no relying-party id).
+    #[error("passkeys are not configured for this tenant")]
+    PasskeysNotConfigured,
+    /// Unknown, expired or already finished passkey ceremony (another
+    /// tenant's is unknown): deliberately indistinguishable.
+    #[error("the passkey ceremony is unknown, expired or already finished: start a new one")]
+    PasskeyCeremonyInvalid,
+    /// The passkey's answer did not verify (signature, origin, relying
+    /// party, user verification, an unknown or another account's passkey).
+    #[error("the passkey could not be verified")]
+    PasskeyInvalid,
+    /// The passkey's signature counter went backwards: it may have been
+    /// cloned. Refused, recorded, and refused from now on.
+    #[error(
+        "this passkey's signature counter went backwards (it may be cloned): it is refused; sign in by email and register a new one"
+    )]
+    PasskeyCounterRegressed,
+    /// The user has no passkey with that id.
+    #[error("passkey not found")]
+    PasskeyNotFound,
     /// The database could not be reached; safe to retry.
     #[error("the service is temporarily unavailable, retry later")]
     Unavailable(#[source] anyhow::Error),
@@ -82,6 +106,12 @@ impl AuthError {
             Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Self::AccessTokenInvalid => ErrorCode::AccessTokenInvalid,
+            Self::PasskeysNotConfigured => ErrorCode::PasskeysNotConfigured,
+            Self::PasskeyCeremonyInvalid => ErrorCode::PasskeyCeremonyInvalid,
+            Self::PasskeyInvalid => ErrorCode::PasskeyInvalid,
+            Self::PasskeyCounterRegressed => ErrorCode::PasskeyCounterRegressed,
+            Self::PasskeyNotFound => ErrorCode::PasskeyNotFound,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -147,11 +177,17 @@ pub enum ErrorCode {
     AlreadyExists,
     Unavailable,
     Internal,
+    AccessTokenInvalid,
+    PasskeysNotConfigured,
+    PasskeyCeremonyInvalid,
+    PasskeyInvalid,
+    PasskeyCounterRegressed,
+    PasskeyNotFound,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::InvalidArgument,
         Self::CodeInvalid,
         Self::TooManyAttempts,
@@ -166,6 +202,12 @@ impl ErrorCode {
         Self::AlreadyExists,
         Self::Unavailable,
         Self::Internal,
+        Self::AccessTokenInvalid,
+        Self::PasskeysNotConfigured,
+        Self::PasskeyCeremonyInvalid,
+        Self::PasskeyInvalid,
+        Self::PasskeyCounterRegressed,
+        Self::PasskeyNotFound,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -184,6 +226,12 @@ impl ErrorCode {
             Self::AlreadyExists => "ALREADY_EXISTS",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
+            Self::AccessTokenInvalid => "ACCESS_TOKEN_INVALID",
+            Self::PasskeysNotConfigured => "PASSKEYS_NOT_CONFIGURED",
+            Self::PasskeyCeremonyInvalid => "PASSKEY_CEREMONY_INVALID",
+            Self::PasskeyInvalid => "PASSKEY_INVALID",
+            Self::PasskeyCounterRegressed => "PASSKEY_COUNTER_REGRESSED",
+            Self::PasskeyNotFound => "PASSKEY_NOT_FOUND",
         }
     }
 }

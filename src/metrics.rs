@@ -25,6 +25,13 @@ pub const CODES_RESENT: &str = "latchkey_codes_resent_total";
 pub const VERIFICATIONS: &str = "latchkey_verifications_total";
 /// Refresh calls, by `result` (ok, retried, invalid, reused, bad_input, error).
 pub const REFRESHES: &str = "latchkey_refreshes_total";
+/// Passkey ceremonies finished, by `ceremony` (registration, login) and
+/// `result` (ok, invalid, ceremony_invalid, counter_regressed,
+/// access_token_invalid, rate_limited, not_configured, bad_input, error).
+pub const PASSKEY_CEREMONIES: &str = "latchkey_passkey_ceremonies_total";
+/// Passkeys whose signature counter went backwards (a possible clone),
+/// refused and marked, by `action` (refused).
+pub const PASSKEY_COUNTER_REGRESSIONS: &str = "latchkey_passkey_counter_regressions_total";
 /// Calls refused by a limit, by `limit` (email, ip, tenant, wrong_codes).
 pub const RATE_LIMITED: &str = "latchkey_rate_limited_total";
 /// Emails, by `event` (queued, sent, retried, dead).
@@ -85,6 +92,14 @@ fn describe() {
     describe_counter!(
         REFRESHES,
         "Refreshes by result (reused: the session was ended)."
+    );
+    describe_counter!(
+        PASSKEY_CEREMONIES,
+        "Passkey registrations and logins finished, by ceremony and result."
+    );
+    describe_counter!(
+        PASSKEY_COUNTER_REGRESSIONS,
+        "Passkeys refused and marked because their signature counter went backwards."
     );
     describe_counter!(RATE_LIMITED, "Calls refused by a limit, by limit.");
     describe_counter!(EMAILS, "Emails by event: queued, sent, retried, dead.");

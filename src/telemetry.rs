@@ -64,12 +64,24 @@ fn otlp_endpoint() -> Option<String> {
     .find(|v| !v.trim().is_empty())
 }
 
+/// `filter` with webauthn-rs's own logging off, unless it names it:
+/// webauthn-rs logs malformed passkey data at ERROR, and anyone can send
+/// that. The passkey flows log each refusal at info themselves.
+fn quiet_webauthn(filter: &str) -> String {
+    if filter.contains("webauthn") {
+        filter.to_owned()
+    } else {
+        format!("{filter},webauthn_rs_core=off,webauthn_rs=off")
+    }
+}
+
 /// Installs the global subscriber (and, when configured, the OTLP trace
 /// exporter). Safe to call more than once (later calls change nothing), so
 /// tests may call it freely. Must run inside the Tokio runtime.
 pub fn init(filter: &str, format: LogFormat) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(quiet_webauthn(filter))
+        .unwrap_or_else(|_| EnvFilter::new(quiet_webauthn("info")));
     let provider = otlp_endpoint().and_then(|_| match tracer_provider() {
         Ok(p) => Some(p),
         Err(e) => {
@@ -531,5 +543,22 @@ impl Outage {
                 self.what
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webauthn_logging_is_off_unless_the_filter_names_it() {
+        assert_eq!(
+            quiet_webauthn("info"),
+            "info,webauthn_rs_core=off,webauthn_rs=off"
+        );
+        assert_eq!(
+            quiet_webauthn("info,webauthn_rs_core=debug"),
+            "info,webauthn_rs_core=debug"
+        );
     }
 }

@@ -217,6 +217,12 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
         ErrorCode::Unavailable => tonic::Code::Unavailable,
         ErrorCode::Internal => tonic::Code::Internal,
+        ErrorCode::AccessTokenInvalid => tonic::Code::Unauthenticated,
+        ErrorCode::PasskeysNotConfigured => tonic::Code::FailedPrecondition,
+        ErrorCode::PasskeyCeremonyInvalid => tonic::Code::Unauthenticated,
+        ErrorCode::PasskeyInvalid => tonic::Code::Unauthenticated,
+        ErrorCode::PasskeyCounterRegressed => tonic::Code::PermissionDenied,
+        ErrorCode::PasskeyNotFound => tonic::Code::NotFound,
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod grpc;
 pub mod openapi;
+mod passkeys;
 pub mod rest;
 pub mod rpcs;
 
@@ -109,19 +110,7 @@ impl Api {
             .await
         })
         .await?;
-        Ok(proto::VerifyResponse {
-            token: verified.tokens.access_token,
-            token_type: "Bearer".to_owned(),
-            expires_in: verified.tokens.expires_in,
-            refresh_token: verified.tokens.refresh_token.into_string(),
-            user: Some(proto::User {
-                id: verified.user.id,
-                email: verified.user.email,
-                created_at: Some(timestamp(verified.user.created_at)),
-            }),
-            session_id: verified.session_id,
-            new_user: verified.new_user,
-        })
+        Ok(verified_to_proto(verified))
     }
 
     pub async fn refresh(
@@ -357,6 +346,23 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A login's answer (Verify's; FinishPasskeyLogin repeats its fields).
+fn verified_to_proto(verified: auth::Verified) -> proto::VerifyResponse {
+    proto::VerifyResponse {
+        token: verified.tokens.access_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: verified.tokens.expires_in,
+        refresh_token: verified.tokens.refresh_token.into_string(),
+        user: Some(proto::User {
+            id: verified.user.id,
+            email: verified.user.email,
+            created_at: Some(timestamp(verified.user.created_at)),
+        }),
+        session_id: verified.session_id,
+        new_user: verified.new_user,
     }
 }
 

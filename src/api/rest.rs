@@ -369,6 +369,12 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::AlreadyExists => StatusCode::CONFLICT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::AccessTokenInvalid => StatusCode::UNAUTHORIZED,
+        ErrorCode::PasskeysNotConfigured => StatusCode::CONFLICT,
+        ErrorCode::PasskeyCeremonyInvalid => StatusCode::UNAUTHORIZED,
+        ErrorCode::PasskeyInvalid => StatusCode::UNAUTHORIZED,
+        ErrorCode::PasskeyCounterRegressed => StatusCode::FORBIDDEN,
+        ErrorCode::PasskeyNotFound => StatusCode::NOT_FOUND,
     }
 }
 

@@ -41,6 +41,18 @@ macro_rules! gateway_rpcs {
                 -> RevokeAllSessionsResponse at "/sessions/revoke-all" also [];
             introspect_token IntrospectToken(IntrospectTokenRequest) -> IntrospectTokenResponse
                 at "/tokens/introspect" also [];
+            start_passkey_registration StartPasskeyRegistration(StartPasskeyRegistrationRequest)
+                -> StartPasskeyRegistrationResponse at "/passkeys/register/start" also [409];
+            finish_passkey_registration FinishPasskeyRegistration(FinishPasskeyRegistrationRequest)
+                -> FinishPasskeyRegistrationResponse at "/passkeys/register/finish" also [409];
+            start_passkey_login StartPasskeyLogin(StartPasskeyLoginRequest)
+                -> StartPasskeyLoginResponse at "/passkeys/login/start" also [409];
+            finish_passkey_login FinishPasskeyLogin(FinishPasskeyLoginRequest)
+                -> FinishPasskeyLoginResponse at "/passkeys/login/finish" also [409, 429];
+            list_passkeys ListPasskeys(ListPasskeysRequest) -> ListPasskeysResponse
+                at "/passkeys/list" also [];
+            delete_passkey DeletePasskey(DeletePasskeyRequest) -> DeletePasskeyResponse
+                at "/passkeys/delete" also [404];
         }
     };
 }

@@ -33,7 +33,7 @@ fn is_loopback(url: &Url) -> bool {
 }
 
 /// Parses and checks a URL the rules allow at all.
-fn acceptable(text: &str) -> Result<Url, &'static str> {
+pub(crate) fn acceptable(text: &str) -> Result<Url, &'static str> {
     let url = Url::parse(text.trim()).map_err(|_| "is not an absolute URL")?;
     match url.scheme() {
         "https" => {}

@@ -75,6 +75,9 @@ impl AuthService {
         } else {
             Method::Code
         });
+        if method == Method::Passkey {
+            return Err(AuthError::invalid("method", "unknown method"));
+        }
         let (wants_code, wants_link) = proofs_of(method);
         if wants_link && validation_url.is_none() {
             return Err(AuthError::invalid(
@@ -436,6 +439,8 @@ fn proofs_of(method: Method) -> (bool, bool) {
         Method::Code => (true, false),
         Method::Link => (false, true),
         Method::CodeAndLink => (true, true),
+        // (Refused before: a passkey session is never started by email.)
+        Method::Passkey => (false, false),
     }
 }
 

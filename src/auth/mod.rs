@@ -12,6 +12,7 @@ pub mod keys;
 pub mod limits;
 pub mod links;
 mod login;
+pub mod passkeys;
 pub mod payload;
 mod policy;
 pub mod secrets;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{limits, links, tenants::SignupPolicy};
+use super::{limits, links, passkeys::PasskeyPolicy, tenants::SignupPolicy};
 
 /// The rules a tenant's logins follow: the server defaults, overridden by
 /// the tenant's settings ([`tenants::TenantSettings::apply`]).
@@ -27,6 +27,7 @@ pub struct Policy {
     pub signup_policy: SignupPolicy,
     pub notify_unknown_address: bool,
     pub limits: limits::Limits,
+    pub passkeys: PasskeyPolicy,
 }
 
 #[cfg(test)]
@@ -59,6 +60,11 @@ impl Policy {
                 per_tenant_minute: 1200,
                 failure_budget: 10,
                 backoff_max: minutes(15),
+            },
+            passkeys: super::passkeys::PasskeyPolicy {
+                rp_id: Some("localhost".into()),
+                rp_name: None,
+                origins: Vec::new(),
             },
         }
     }

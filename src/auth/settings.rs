@@ -142,6 +142,26 @@ macro_rules! with_tenant_settings {
                 p.limits.failure_budget = $crate::auth::settings::check_limit(*v)?;
                 Ok(())
             };
+            /// The passkeys' relying-party id: the site's domain (e.g.
+            /// `example.com`), which every passkey is bound to for good.
+            passkey_rp_id: String as text = "passkey-rp-id" => |p, v| {
+                p.passkeys.rp_id = Some($crate::auth::passkeys::check_rp_id(v)?);
+                Ok(())
+            };
+            /// The site name browsers show when creating a passkey
+            /// (default: the app name).
+            passkey_rp_name: String as text = "passkey-rp-name" => |p, v| {
+                $crate::auth::settings::check_app_name(v)?;
+                p.passkeys.rp_name = Some(v.clone());
+                Ok(())
+            };
+            /// The origins (e.g. `https://app.example.com`) whose pages may
+            /// use passkeys, each within the relying-party id (repeatable;
+            /// replaces the list).
+            passkey_origins: Vec<String> as list = "passkey-origin" => |p, v| {
+                p.passkeys.origins = $crate::auth::passkeys::check_origins(v)?;
+                Ok(())
+            };
         }
     };
 }
@@ -257,6 +277,9 @@ impl TenantSettings {
                 "settings.access_token_ttl_seconds",
                 "must not be longer than the session lifetime",
             ));
+        }
+        if let Err(reason) = p.passkeys.check() {
+            return Err(AuthError::invalid("settings.passkey_origins", reason));
         }
         if let Some(url) = &p.default_validation_url
             && !p.allowed_validation_urls.permits(url)

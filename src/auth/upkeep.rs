@@ -109,9 +109,10 @@ impl AuthService {
         }
     }
 
-    /// Deletes rate-limit counters whose window has ended and expired
-    /// idempotency keys, every `interval`. Any replica may do it (deletes
-    /// are idempotent); the limits never read a row this removes.
+    /// Deletes rate-limit counters whose window has ended, expired
+    /// idempotency keys and expired passkey ceremonies, every `interval`.
+    /// Any replica may do it (deletes are idempotent); the limits never read
+    /// a row this removes, and a Finish refuses an expired ceremony anyway.
     pub async fn purge_periodically(
         self,
         longest_window: Duration,
@@ -132,6 +133,11 @@ impl AuthService {
                     tracing::debug!(rows, "purged old rate-limit counters and idempotency keys")
                 }
                 Err(e) => tracing::warn!(error = %e, "purging rate-limit counters failed"),
+            }
+            match inner.store.purge_ceremonies(now).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::debug!(rows, "purged expired passkey ceremonies"),
+                Err(e) => tracing::warn!(error = %e, "purging passkey ceremonies failed"),
             }
         }
     }

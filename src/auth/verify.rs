@@ -129,25 +129,9 @@ impl AuthService {
             .for_failures(&policy.limits, &attempt.email, now);
         if let Some(counter) = &failures
             && attempt.attempts > 1
-            && let Some((count, last_at)) = tx
-                .lock_counter(&tenant.id, &counter.key, counter.window_start)
-                .await?
         {
-            let wait = limits::backoff(
-                u32::try_from(count).unwrap_or(0),
-                counter.limit,
-                policy.limits.backoff_max,
-            );
-            let open_at = last_at + millis(wait);
-            if now < open_at {
-                // Rolled back: this attempt is not counted anywhere.
-                tracing::info!("verification backing off: wrong-code budget spent");
-                metrics::count(metrics::RATE_LIMITED, "limit", "wrong_codes");
-                return Err(AuthError::RateLimited(Duration::from_millis(
-                    u64::try_from(open_at - now).unwrap_or(1),
-                ))
-                .into());
-            }
+            // Rolled back when refused: this attempt is not counted anywhere.
+            self.failure_backoff(&mut tx, tenant, counter, now).await?;
         }
 
         if !inner.codes.matches(&session_id, code, &attempt.code_hash) {
@@ -172,6 +156,38 @@ impl AuthService {
         Ok(self
             .complete_login(tx, tenant, session_id, &attempt.email, now)
             .await?)
+    }
+
+    /// Refuses a Verify or a passkey login while the address's failure
+    /// budget is spent and its backoff has not passed (the transaction is
+    /// rolled back: nothing is counted).
+    pub(super) async fn failure_backoff(
+        &self,
+        tx: &mut crate::store::Tx,
+        tenant: &Tenant,
+        counter: &limits::Counter,
+        now: UnixMillis,
+    ) -> Result<(), AuthError> {
+        let Some((count, last_at)) = tx
+            .lock_counter(&tenant.id, &counter.key, counter.window_start)
+            .await?
+        else {
+            return Ok(());
+        };
+        let wait = limits::backoff(
+            u32::try_from(count).unwrap_or(0),
+            counter.limit,
+            tenant.policy.limits.backoff_max,
+        );
+        let open_at = last_at + millis(wait);
+        if now < open_at {
+            tracing::info!("backing off: the address's failure budget is spent");
+            metrics::count(metrics::RATE_LIMITED, "limit", "wrong_codes");
+            return Err(AuthError::RateLimited(Duration::from_millis(
+                u64::try_from(open_at - now).unwrap_or(1),
+            )));
+        }
+        Ok(())
     }
 
     /// Verifies a magic link's token: single use like a code, and it ends
@@ -236,6 +252,32 @@ impl AuthService {
             // Unreachable while the proof's row lock is held; be safe anyway.
             return Err(AuthError::CodeInvalid);
         }
+        self.issue_tokens(
+            tx,
+            tenant,
+            session_id,
+            user,
+            new_user,
+            now,
+            session_expires_at,
+        )
+        .await
+    }
+
+    /// The end of every login, in the transaction that proved it (a code, a
+    /// link, a passkey): the session's first refresh token and access token,
+    /// then the commit.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn issue_tokens(
+        &self,
+        mut tx: crate::store::Tx,
+        tenant: &Tenant,
+        session_id: String,
+        user: crate::store::UserRow,
+        new_user: bool,
+        now: UnixMillis,
+        session_expires_at: UnixMillis,
+    ) -> Result<Verified, AuthError> {
         let refresh_token = RefreshToken::generate();
         tx.insert_refresh_token(&tenant.id, &session_id, &refresh_token.hash(), now)
             .await?;

@@ -227,11 +227,15 @@ async fn tenant_command(settings: Settings, command: TenantCommand) -> anyhow::R
 /// The settings `tenant create` and `tenant update` of latchkey 0.1 did not
 /// store unless typed; it stored every other one, typed or not (the
 /// server's values of the moment).
-const NOT_WRITTEN_BY_THE_OLD_CLI: [&str; 4] = [
+/// (Nor the passkey settings, which came later.)
+const NOT_WRITTEN_BY_THE_OLD_CLI: [&str; 7] = [
     "allowed_validation_urls",
     "signup_policy",
     "notify_unknown_address",
     "default_validation_url",
+    "passkey_rp_id",
+    "passkey_rp_name",
+    "passkey_origins",
 ];
 
 fn written_by_the_old_cli() -> impl Iterator<Item = &'static str> {
@@ -300,7 +304,7 @@ fn print_tenant(t: &Tenant) {
         serde_json::to_string_pretty(&t.settings).unwrap_or_default()
     );
     println!(
-        "effective: issuer={} audience={} access_token_ttl={}s session_ttl={}s code_length={} code_ttl={}s signup={:?}",
+        "effective: issuer={} audience={} access_token_ttl={}s session_ttl={}s code_length={} code_ttl={}s signup={:?} passkey_rp_id={}",
         t.policy.issuer,
         t.policy.audience,
         t.policy.access_token_ttl.as_secs(),
@@ -308,6 +312,7 @@ fn print_tenant(t: &Tenant) {
         t.policy.code_length,
         t.policy.code_ttl.as_secs(),
         t.policy.signup_policy,
+        t.policy.passkeys.rp_id.as_deref().unwrap_or("off"),
     );
 }
 

@@ -5,6 +5,9 @@ use std::time::Duration;
 use super::Settings;
 use crate::auth::{Policy, tenants::SignupPolicy};
 
+/// The `LATCHKEY_PASSKEY_RP_ID` that turns passkeys off.
+pub const PASSKEYS_OFF: &str = "off";
+
 impl Settings {
     /// The server defaults as the policy every tenant starts from.
     pub fn default_policy(&self) -> Policy {
@@ -37,6 +40,13 @@ impl Settings {
                 per_tenant_minute: s.rate_limit_tenant,
                 failure_budget: s.verify_failure_budget,
                 backoff_max: s.verify_backoff_max,
+            },
+            // (Checked by Settings::validate.)
+            passkeys: crate::auth::passkeys::PasskeyPolicy {
+                rp_id: (s.passkey_rp_id != PASSKEYS_OFF).then(|| s.passkey_rp_id.clone()),
+                rp_name: s.passkey_rp_name.clone(),
+                origins: crate::auth::passkeys::check_origins(&s.passkey_origins)
+                    .unwrap_or_default(),
             },
         }
     }
@@ -133,6 +143,24 @@ impl Settings {
                 );
             }
         }
+        if self.passkey_rp_id != PASSKEYS_OFF {
+            check(
+                "LATCHKEY_PASSKEY_RP_ID (--passkey-rp-id)",
+                crate::auth::passkeys::check_rp_id(&self.passkey_rp_id).map(drop),
+            )?;
+        }
+        if let Some(name) = &self.passkey_rp_name {
+            check(
+                "LATCHKEY_PASSKEY_RP_NAME (--passkey-rp-name)",
+                check_app_name(name),
+            )?;
+        }
+        let origins = "LATCHKEY_PASSKEY_ORIGINS (--passkey-origins)";
+        check(
+            origins,
+            crate::auth::passkeys::check_origins(&self.passkey_origins).map(drop),
+        )?;
+        check(origins, self.default_policy().passkeys.check())?;
         check(
             "LATCHKEY_DEFAULT_LOCALE (--default-locale)",
             check_locale(&self.default_locale),

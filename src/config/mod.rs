@@ -215,6 +215,25 @@ pub struct Settings {
     #[arg(long, env = "LATCHKEY_ALLOWED_VALIDATION_URLS", value_delimiter = ',')]
     pub allowed_validation_urls: Vec<String>,
 
+    /// The passkeys' relying-party id: the site's domain (`example.com`),
+    /// which every passkey is bound to for good. `localhost` (the default)
+    /// serves development pages on any `http://localhost` port; `off`
+    /// turns passkeys off (PASSKEYS_NOT_CONFIGURED).
+    #[arg(long, env = "LATCHKEY_PASSKEY_RP_ID", default_value = "localhost")]
+    pub passkey_rp_id: String,
+
+    /// The site name browsers show when creating a passkey (default: the
+    /// app name).
+    #[arg(long, env = "LATCHKEY_PASSKEY_RP_NAME")]
+    pub passkey_rp_name: Option<String>,
+
+    /// The origins whose pages may use passkeys, comma-separated
+    /// (`https://app.example.com`), each within the relying-party id.
+    /// Empty: `https://<relying-party id>` (for `localhost`: any
+    /// `http://localhost` port).
+    #[arg(long, env = "LATCHKEY_PASSKEY_ORIGINS", value_delimiter = ',')]
+    pub passkey_origins: Vec<String>,
+
     /// The validation URL used when a StartAuth names none (must be allowed).
     #[arg(long, env = "LATCHKEY_DEFAULT_VALIDATION_URL")]
     pub default_validation_url: Option<String>,

@@ -47,6 +47,7 @@ mod deadline;
 mod keys;
 mod limits;
 mod outbox;
+mod passkeys;
 mod refresh_tokens;
 mod sessions;
 mod tenants;
@@ -67,6 +68,7 @@ pub use outbox::{
     ClaimedMail, MailKind, NewMail, OUTBOX_CHANNEL, OutboxCounts, OutboxListener, OutboxRow,
     Outcome, PLAN_CHECKED_STATEMENTS, UNCONFIRMED,
 };
+pub use passkeys::{Ceremony, CeremonyKind, NewCeremony, NewPasskey, PasskeyRow, PasskeyUse};
 pub use refresh_tokens::{ActiveSession, RotatedRefreshToken};
 pub use sessions::{
     CodeAttempt, LinkedSession, Method, NewSession, PendingSession, SessionEnd, SessionRow,

@@ -128,6 +128,9 @@ stored_enum! {
         Code = "code",
         Link = "link",
         CodeAndLink = "code_and_link",
+        /// A passkey login's session (never a StartAuth method: it is
+        /// active from the start).
+        Passkey = "passkey",
     }
 }
 
@@ -135,6 +138,12 @@ const INSERT_SESSION: &str = "INSERT INTO auth_sessions \
     (id, tenant_id, email, method, state, code_hash, link_hash, proof_expires_at, client_ip, user_agent, created_at, \
      validation_url, locale, mail_kind) \
     VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+/// A session that starts active: a passkey login (no emailed proof).
+const INSERT_ACTIVE_SESSION: &str = "INSERT INTO auth_sessions \
+    (id, tenant_id, email, method, state, user_id, proof_expires_at, client_ip, user_agent, \
+     created_at, verified_at, expires_at) \
+    VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8, $6, $6, $9)";
 
 /// Locks a pending session for a resend and returns what the email needs.
 const LOCK_PENDING: &str = "UPDATE auth_sessions SET attempts = attempts \
@@ -207,6 +216,37 @@ impl Tx {
                 .bind(s.validation_url)
                 .bind(s.locale)
                 .bind(s.mail_kind.as_str())
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Inserts a session that is active from `now` (a passkey login).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_active_session(
+        &mut self,
+        id: &str,
+        tenant_id: &str,
+        user: &UserRow,
+        method: Method,
+        client_ip: Option<&str>,
+        user_agent: Option<&str>,
+        now: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Result<()> {
+        on_tx!(self, "insert_active_session", |conn| {
+            sqlx::query(INSERT_ACTIVE_SESSION)
+                .bind(id)
+                .bind(tenant_id)
+                .bind(&user.email)
+                .bind(method.as_str())
+                .bind(&user.id)
+                .bind(now)
+                .bind(client_ip)
+                .bind(user_agent)
+                .bind(expires_at)
                 .execute(conn)
                 .await
                 .map(|r| r.rows_affected())

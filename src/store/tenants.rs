@@ -54,7 +54,8 @@ const COUNT_KEYS: &str = "SELECT COUNT(*) FROM api_keys";
 const BUMP: &str = "UPDATE change_counters SET value = value + 1 WHERE name = $1";
 const COUNTERS: &str = "SELECT name, value FROM change_counters ORDER BY name";
 
-const USER_BY_ID: &str = "SELECT id, email, created_at FROM users WHERE tenant_id = $1 AND id = $2";
+pub(super) const USER_BY_ID: &str =
+    "SELECT id, email, created_at FROM users WHERE tenant_id = $1 AND id = $2";
 const USER_BY_EMAIL: &str =
     "SELECT id, email, created_at FROM users WHERE tenant_id = $1 AND email = $2";
 const USER_EMAIL: &str = "SELECT email FROM users WHERE tenant_id = $1 AND id = $2";

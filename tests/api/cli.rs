@@ -13,6 +13,7 @@ use crate::tenants::{admin_client, with_key};
 both_backends!(
     tenant_commands_store_exactly_what_was_typed_like_the_admin_service,
     tenant_repair_clears_the_copies_of_server_defaults_the_old_cli_stored,
+    a_tenants_passkey_relying_party_is_set_and_checked_from_the_command_line,
 );
 
 /// Server settings in the operator's environment: none of them may leak into
@@ -298,4 +299,32 @@ async fn help_never_shows_secrets_from_the_environment() {
         }
         assert!(!help.contains("hunter2"), "{help}");
     }
+}
+
+async fn a_tenants_passkey_relying_party_is_set_and_checked_from_the_command_line(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let no_env: [(&str, &str); 0] = [];
+    #[rustfmt::skip]
+    run(&app, &no_env, &[
+        "tenant", "create", "--id", "shop", "--name", "Shop",
+        "--passkey-rp-id", "shop.test",
+        "--passkey-origin", "https://shop.test", "--passkey-origin", "https://www.shop.test",
+    ])
+    .await;
+    let shown = run(&app, &no_env, &["tenant", "show", "shop"]).await;
+    assert!(shown.contains("passkey_rp_id=shop.test"), "{shown}");
+    assert!(shown.contains("https://www.shop.test"), "{shown}");
+    // An origin outside the relying-party id is refused, and nothing changes.
+    #[rustfmt::skip]
+    let out = crate::helpers::cli_with_env(&app, &no_env, &[
+        "tenant", "update", "shop", "--passkey-origin", "https://evil.test",
+    ])
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("passkey_origins"), "{stderr}");
+    let again = run(&app, &no_env, &["tenant", "show", "shop"]).await;
+    assert_eq!(again, shown);
 }

@@ -23,6 +23,7 @@ mod login;
 mod mail;
 mod mail_security;
 mod ops;
+mod passkeys;
 mod refresh;
 mod server;
 mod sessions;

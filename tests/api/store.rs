@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use latchkey::store::{
-    Hit, MailKind, Method, NewIdempotencyKey, NewMail, NewSession, NewSigningKey, SessionEnd,
-    SessionStage, Store, StoreOptions,
+    CeremonyKind, Hit, MailKind, Method, NewCeremony, NewIdempotencyKey, NewMail, NewPasskey,
+    NewSession, NewSigningKey, PasskeyUse, SessionEnd, SessionStage, Store, StoreOptions,
 };
 
 use crate::both_backends;
@@ -22,6 +22,8 @@ both_backends!(
     rate_counters_count_every_concurrent_hit_once,
     an_idempotency_key_is_claimed_once_under_concurrency,
     old_counters_and_expired_keys_are_purged,
+    a_passkey_ceremony_is_claimed_once_under_concurrency_and_only_by_its_tenant,
+    credential_ids_are_unique_per_tenant_and_logins_update_their_passkey,
 );
 
 async fn store(backend: Backend) -> (Store, TestDb) {
@@ -711,4 +713,166 @@ fn collect_scans(node: &serde_json::Value, out: &mut Vec<String>) {
     for child in node["Plans"].as_array().into_iter().flatten() {
         collect_scans(child, out);
     }
+}
+
+fn ceremony<'a>(id: &'a str, tenant_id: &'a str, expires_at: i64) -> NewCeremony<'a> {
+    NewCeremony {
+        id,
+        tenant_id,
+        kind: CeremonyKind::Login,
+        user_id: None,
+        state: "{}",
+        created_at: 0,
+        expires_at,
+    }
+}
+
+async fn a_passkey_ceremony_is_claimed_once_under_concurrency_and_only_by_its_tenant(
+    backend: Backend,
+) {
+    let (store, _db) = store(backend).await;
+    store.insert_tenant("shop", "Shop", "{}", 0).await.unwrap();
+    store
+        .insert_ceremony(&ceremony("c1", "default", 10_000))
+        .await
+        .unwrap();
+    // Another tenant does not see it (and takes nothing).
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.take_ceremony("shop", "c1").await.unwrap().is_none());
+    tx.commit().await.unwrap();
+
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                let taken = tx.take_ceremony("default", "c1").await.unwrap();
+                tx.commit().await.unwrap();
+                taken
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for task in tasks {
+        if let Some(c) = task.await.unwrap() {
+            claimed.push(c);
+        }
+    }
+    assert_eq!(claimed.len(), 1, "exactly one Finish gets the ceremony");
+    assert_eq!(claimed[0].kind, CeremonyKind::Login);
+    assert_eq!(
+        (claimed[0].state.as_str(), claimed[0].expires_at),
+        ("{}", 10_000)
+    );
+
+    // A claim rolled back leaves the ceremony for the next one.
+    store
+        .insert_ceremony(&ceremony("c2", "default", 10_000))
+        .await
+        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.take_ceremony("default", "c2").await.unwrap().is_some());
+    drop(tx);
+    // Expired ones are purged, the others stay.
+    store
+        .insert_ceremony(&ceremony("c3", "default", 20_000))
+        .await
+        .unwrap();
+    assert_eq!(store.purge_ceremonies(10_000).await.unwrap(), 1);
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.take_ceremony("default", "c2").await.unwrap().is_none());
+    assert!(tx.take_ceremony("default", "c3").await.unwrap().is_some());
+}
+
+async fn credential_ids_are_unique_per_tenant_and_logins_update_their_passkey(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    store.insert_tenant("shop", "Shop", "{}", 0).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    // (Users u1 of the default tenant and u2 of the shop.)
+    tx.find_or_create_user("default", "ada@example.com", "u1", 0)
+        .await
+        .unwrap();
+    tx.find_or_create_user("shop", "ada@example.com", "u2", 0)
+        .await
+        .unwrap();
+    let passkey = |id: &'static str, tenant_id: &'static str, user_id: &'static str| NewPasskey {
+        id,
+        tenant_id,
+        user_id,
+        credential_id: &[9; 16],
+        credential: "{}",
+        name: "Passkey",
+        sign_count: 0,
+        backup_eligible: true,
+        backup_state: false,
+        created_at: 5,
+    };
+    assert!(
+        tx.insert_passkey(&passkey("p1", "default", "u1"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tx.insert_passkey(&passkey("p2", "default", "u1"))
+            .await
+            .unwrap(),
+        "the same credential id twice in a tenant"
+    );
+    assert!(
+        tx.insert_passkey(&passkey("p3", "shop", "u2"))
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    let found = tx.lock_passkey("default", &[9; 16]).await.unwrap().unwrap();
+    assert_eq!((found.id.as_str(), found.user_id.as_str()), ("p1", "u1"));
+    tx.record_passkey_use(
+        "default",
+        "p1",
+        &PasskeyUse {
+            credential: "{\"updated\":true}",
+            sign_count: 7,
+            backup_eligible: true,
+            backup_state: true,
+            used_at: 50,
+        },
+    )
+    .await
+    .unwrap();
+    tx.mark_counter_regressed("default", "p1", 60)
+        .await
+        .unwrap();
+    tx.mark_counter_regressed("default", "p1", 70)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let listed = store.user_passkeys("default", "u1").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let p = &listed[0];
+    assert_eq!(
+        (
+            p.sign_count,
+            p.backup_state,
+            p.last_used_at,
+            p.counter_regressed_at
+        ),
+        (7, true, Some(50), Some(60)),
+        "the first regression is kept"
+    );
+    assert_eq!(p.credential, "{\"updated\":true}");
+    // The other tenant's passkey is untouched; deleting is per user.
+    let shop = store.user_passkeys("shop", "u2").await.unwrap();
+    assert_eq!((shop[0].sign_count, shop[0].last_used_at), (0, None));
+    assert!(!store.delete_passkey("default", "u2", "p1").await.unwrap());
+    assert!(store.delete_passkey("default", "u1", "p1").await.unwrap());
+    assert!(
+        store
+            .user_passkeys("default", "u1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

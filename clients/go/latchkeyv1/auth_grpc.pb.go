@@ -67,6 +67,40 @@ type AuthServiceClient interface {
 	// token. Over HTTP: `/.well-known/jwks.json` (the default tenant) and
 	// `/tenants/{tenant_id}/.well-known/jwks.json`.
 	GetJwks(ctx context.Context, in *GetJwksRequest, opts ...grpc.CallOption) (*GetJwksResponse, error)
+	// Starts adding a passkey to a signed-in user: the user is the one of
+	// `access_token`, a valid access token of the caller's tenant (so a backend
+	// cannot add passkeys to arbitrary users). Returns the options for the
+	// browser's `navigator.credentials.create()` and a ceremony id. The
+	// ceremony lasts 5 minutes and works once. PASSKEYS_NOT_CONFIGURED when the
+	// tenant has no relying-party id.
+	StartPasskeyRegistration(ctx context.Context, in *StartPasskeyRegistrationRequest, opts ...grpc.CallOption) (*StartPasskeyRegistrationResponse, error)
+	// Finishes adding a passkey with the credential the browser created.
+	// PASSKEY_CEREMONY_INVALID for an unknown, expired, finished or another
+	// user's ceremony; PASSKEY_INVALID when the credential does not verify
+	// (wrong origin, relying party, challenge or user verification).
+	FinishPasskeyRegistration(ctx context.Context, in *FinishPasskeyRegistrationRequest, opts ...grpc.CallOption) (*FinishPasskeyRegistrationResponse, error)
+	// Starts a passkey login: the options for the browser's
+	// `navigator.credentials.get()` and a ceremony id. With an email, only
+	// that account's passkey can finish it; without one, any user's passkey
+	// (discoverable credentials, the browser's passkey autofill). The answer
+	// has the same shape whether or not the address has an account or
+	// passkeys (no user enumeration): the options never list credentials.
+	StartPasskeyLogin(ctx context.Context, in *StartPasskeyLoginRequest, opts ...grpc.CallOption) (*StartPasskeyLoginResponse, error)
+	// Finishes a passkey login with the browser's assertion. On success a
+	// new session is active and the answer is a Verify's: an access token with
+	// the same claims, a refresh token, the user, the session id, and
+	// `new_user` false. PASSKEY_CEREMONY_INVALID for an unknown, expired or
+	// finished ceremony; PASSKEY_INVALID when the assertion does not verify;
+	// PASSKEY_COUNTER_REGRESSED when the passkey's signature counter went
+	// backwards (the passkey is refused from then on). Failed assertions count
+	// against the same per-address budget as wrong codes (RATE_LIMITED).
+	FinishPasskeyLogin(ctx context.Context, in *FinishPasskeyLoginRequest, opts ...grpc.CallOption) (*FinishPasskeyLoginResponse, error)
+	// The passkeys of the user of a valid access token.
+	ListPasskeys(ctx context.Context, in *ListPasskeysRequest, opts ...grpc.CallOption) (*ListPasskeysResponse, error)
+	// Deletes a passkey of the user of a valid access token. Email login
+	// always remains, so a user can delete every passkey. PASSKEY_NOT_FOUND
+	// when the user has no passkey with that id.
+	DeletePasskey(ctx context.Context, in *DeletePasskeyRequest, opts ...grpc.CallOption) (*DeletePasskeyResponse, error)
 }
 
 type authServiceClient struct {
@@ -167,6 +201,60 @@ func (c *authServiceClient) GetJwks(ctx context.Context, in *GetJwksRequest, opt
 	return out, nil
 }
 
+func (c *authServiceClient) StartPasskeyRegistration(ctx context.Context, in *StartPasskeyRegistrationRequest, opts ...grpc.CallOption) (*StartPasskeyRegistrationResponse, error) {
+	out := new(StartPasskeyRegistrationResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/StartPasskeyRegistration", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authServiceClient) FinishPasskeyRegistration(ctx context.Context, in *FinishPasskeyRegistrationRequest, opts ...grpc.CallOption) (*FinishPasskeyRegistrationResponse, error) {
+	out := new(FinishPasskeyRegistrationResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/FinishPasskeyRegistration", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authServiceClient) StartPasskeyLogin(ctx context.Context, in *StartPasskeyLoginRequest, opts ...grpc.CallOption) (*StartPasskeyLoginResponse, error) {
+	out := new(StartPasskeyLoginResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/StartPasskeyLogin", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authServiceClient) FinishPasskeyLogin(ctx context.Context, in *FinishPasskeyLoginRequest, opts ...grpc.CallOption) (*FinishPasskeyLoginResponse, error) {
+	out := new(FinishPasskeyLoginResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/FinishPasskeyLogin", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authServiceClient) ListPasskeys(ctx context.Context, in *ListPasskeysRequest, opts ...grpc.CallOption) (*ListPasskeysResponse, error) {
+	out := new(ListPasskeysResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/ListPasskeys", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authServiceClient) DeletePasskey(ctx context.Context, in *DeletePasskeyRequest, opts ...grpc.CallOption) (*DeletePasskeyResponse, error) {
+	out := new(DeletePasskeyResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/DeletePasskey", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuthServiceServer is the server API for AuthService service.
 // All implementations must embed UnimplementedAuthServiceServer
 // for forward compatibility
@@ -221,6 +309,40 @@ type AuthServiceServer interface {
 	// token. Over HTTP: `/.well-known/jwks.json` (the default tenant) and
 	// `/tenants/{tenant_id}/.well-known/jwks.json`.
 	GetJwks(context.Context, *GetJwksRequest) (*GetJwksResponse, error)
+	// Starts adding a passkey to a signed-in user: the user is the one of
+	// `access_token`, a valid access token of the caller's tenant (so a backend
+	// cannot add passkeys to arbitrary users). Returns the options for the
+	// browser's `navigator.credentials.create()` and a ceremony id. The
+	// ceremony lasts 5 minutes and works once. PASSKEYS_NOT_CONFIGURED when the
+	// tenant has no relying-party id.
+	StartPasskeyRegistration(context.Context, *StartPasskeyRegistrationRequest) (*StartPasskeyRegistrationResponse, error)
+	// Finishes adding a passkey with the credential the browser created.
+	// PASSKEY_CEREMONY_INVALID for an unknown, expired, finished or another
+	// user's ceremony; PASSKEY_INVALID when the credential does not verify
+	// (wrong origin, relying party, challenge or user verification).
+	FinishPasskeyRegistration(context.Context, *FinishPasskeyRegistrationRequest) (*FinishPasskeyRegistrationResponse, error)
+	// Starts a passkey login: the options for the browser's
+	// `navigator.credentials.get()` and a ceremony id. With an email, only
+	// that account's passkey can finish it; without one, any user's passkey
+	// (discoverable credentials, the browser's passkey autofill). The answer
+	// has the same shape whether or not the address has an account or
+	// passkeys (no user enumeration): the options never list credentials.
+	StartPasskeyLogin(context.Context, *StartPasskeyLoginRequest) (*StartPasskeyLoginResponse, error)
+	// Finishes a passkey login with the browser's assertion. On success a
+	// new session is active and the answer is a Verify's: an access token with
+	// the same claims, a refresh token, the user, the session id, and
+	// `new_user` false. PASSKEY_CEREMONY_INVALID for an unknown, expired or
+	// finished ceremony; PASSKEY_INVALID when the assertion does not verify;
+	// PASSKEY_COUNTER_REGRESSED when the passkey's signature counter went
+	// backwards (the passkey is refused from then on). Failed assertions count
+	// against the same per-address budget as wrong codes (RATE_LIMITED).
+	FinishPasskeyLogin(context.Context, *FinishPasskeyLoginRequest) (*FinishPasskeyLoginResponse, error)
+	// The passkeys of the user of a valid access token.
+	ListPasskeys(context.Context, *ListPasskeysRequest) (*ListPasskeysResponse, error)
+	// Deletes a passkey of the user of a valid access token. Email login
+	// always remains, so a user can delete every passkey. PASSKEY_NOT_FOUND
+	// when the user has no passkey with that id.
+	DeletePasskey(context.Context, *DeletePasskeyRequest) (*DeletePasskeyResponse, error)
 	mustEmbedUnimplementedAuthServiceServer()
 }
 
@@ -257,6 +379,24 @@ func (UnimplementedAuthServiceServer) IntrospectToken(context.Context, *Introspe
 }
 func (UnimplementedAuthServiceServer) GetJwks(context.Context, *GetJwksRequest) (*GetJwksResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetJwks not implemented")
+}
+func (UnimplementedAuthServiceServer) StartPasskeyRegistration(context.Context, *StartPasskeyRegistrationRequest) (*StartPasskeyRegistrationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartPasskeyRegistration not implemented")
+}
+func (UnimplementedAuthServiceServer) FinishPasskeyRegistration(context.Context, *FinishPasskeyRegistrationRequest) (*FinishPasskeyRegistrationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method FinishPasskeyRegistration not implemented")
+}
+func (UnimplementedAuthServiceServer) StartPasskeyLogin(context.Context, *StartPasskeyLoginRequest) (*StartPasskeyLoginResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartPasskeyLogin not implemented")
+}
+func (UnimplementedAuthServiceServer) FinishPasskeyLogin(context.Context, *FinishPasskeyLoginRequest) (*FinishPasskeyLoginResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method FinishPasskeyLogin not implemented")
+}
+func (UnimplementedAuthServiceServer) ListPasskeys(context.Context, *ListPasskeysRequest) (*ListPasskeysResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListPasskeys not implemented")
+}
+func (UnimplementedAuthServiceServer) DeletePasskey(context.Context, *DeletePasskeyRequest) (*DeletePasskeyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeletePasskey not implemented")
 }
 func (UnimplementedAuthServiceServer) mustEmbedUnimplementedAuthServiceServer() {}
 
@@ -451,6 +591,114 @@ func _AuthService_GetJwks_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuthService_StartPasskeyRegistration_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartPasskeyRegistrationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).StartPasskeyRegistration(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/StartPasskeyRegistration",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).StartPasskeyRegistration(ctx, req.(*StartPasskeyRegistrationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuthService_FinishPasskeyRegistration_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FinishPasskeyRegistrationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).FinishPasskeyRegistration(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/FinishPasskeyRegistration",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).FinishPasskeyRegistration(ctx, req.(*FinishPasskeyRegistrationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuthService_StartPasskeyLogin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartPasskeyLoginRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).StartPasskeyLogin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/StartPasskeyLogin",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).StartPasskeyLogin(ctx, req.(*StartPasskeyLoginRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuthService_FinishPasskeyLogin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FinishPasskeyLoginRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).FinishPasskeyLogin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/FinishPasskeyLogin",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).FinishPasskeyLogin(ctx, req.(*FinishPasskeyLoginRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuthService_ListPasskeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPasskeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).ListPasskeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/ListPasskeys",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).ListPasskeys(ctx, req.(*ListPasskeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuthService_DeletePasskey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeletePasskeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).DeletePasskey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/DeletePasskey",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).DeletePasskey(ctx, req.(*DeletePasskeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AuthService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "latchkey.v1.AuthService",
 	HandlerType: (*AuthServiceServer)(nil),
@@ -494,6 +742,30 @@ var _AuthService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetJwks",
 			Handler:    _AuthService_GetJwks_Handler,
+		},
+		{
+			MethodName: "StartPasskeyRegistration",
+			Handler:    _AuthService_StartPasskeyRegistration_Handler,
+		},
+		{
+			MethodName: "FinishPasskeyRegistration",
+			Handler:    _AuthService_FinishPasskeyRegistration_Handler,
+		},
+		{
+			MethodName: "StartPasskeyLogin",
+			Handler:    _AuthService_StartPasskeyLogin_Handler,
+		},
+		{
+			MethodName: "FinishPasskeyLogin",
+			Handler:    _AuthService_FinishPasskeyLogin_Handler,
+		},
+		{
+			MethodName: "ListPasskeys",
+			Handler:    _AuthService_ListPasskeys_Handler,
+		},
+		{
+			MethodName: "DeletePasskey",
+			Handler:    _AuthService_DeletePasskey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -5,12 +5,14 @@
 pub use crate::client::{ApiClient, ApiError, Transport};
 
 mod app;
+mod authenticator;
 mod db;
 mod process;
 mod smtp;
 mod tokens;
 
 pub use app::*;
+pub use authenticator::*;
 pub use db::*;
 pub use process::*;
 pub use smtp::*;

@@ -29,7 +29,7 @@ API_KEY_SCOPE_APP: ApiKeyScope
 API_KEY_SCOPE_ADMIN: ApiKeyScope
 
 class TenantSettings(_message.Message):
-    __slots__ = ("issuer", "audience", "access_token_ttl_seconds", "session_ttl_seconds", "code_length", "code_ttl_seconds", "code_max_attempts", "mail_from", "app_name", "allowed_validation_urls", "default_locale", "signup_policy", "notify_unknown_address", "default_validation_url", "rate_limit_email", "rate_limit_ip", "rate_limit_tenant", "verify_failure_budget")
+    __slots__ = ("issuer", "audience", "access_token_ttl_seconds", "session_ttl_seconds", "code_length", "code_ttl_seconds", "code_max_attempts", "mail_from", "app_name", "allowed_validation_urls", "default_locale", "signup_policy", "notify_unknown_address", "default_validation_url", "rate_limit_email", "rate_limit_ip", "rate_limit_tenant", "verify_failure_budget", "passkey_rp_id", "passkey_rp_name", "passkey_origins")
     ISSUER_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,9 @@ class TenantSettings(_message.Message):
     RATE_LIMIT_IP_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_TENANT_FIELD_NUMBER: _ClassVar[int]
     VERIFY_FAILURE_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    PASSKEY_RP_ID_FIELD_NUMBER: _ClassVar[int]
+    PASSKEY_RP_NAME_FIELD_NUMBER: _ClassVar[int]
+    PASSKEY_ORIGINS_FIELD_NUMBER: _ClassVar[int]
     issuer: str
     audience: str
     access_token_ttl_seconds: int
@@ -66,7 +69,10 @@ class TenantSettings(_message.Message):
     rate_limit_ip: int
     rate_limit_tenant: int
     verify_failure_budget: int
-    def __init__(self, issuer: _Optional[str] = ..., audience: _Optional[str] = ..., access_token_ttl_seconds: _Optional[int] = ..., session_ttl_seconds: _Optional[int] = ..., code_length: _Optional[int] = ..., code_ttl_seconds: _Optional[int] = ..., code_max_attempts: _Optional[int] = ..., mail_from: _Optional[str] = ..., app_name: _Optional[str] = ..., allowed_validation_urls: _Optional[_Iterable[str]] = ..., default_locale: _Optional[str] = ..., signup_policy: _Optional[_Union[SignupPolicy, str]] = ..., notify_unknown_address: _Optional[bool] = ..., default_validation_url: _Optional[str] = ..., rate_limit_email: _Optional[int] = ..., rate_limit_ip: _Optional[int] = ..., rate_limit_tenant: _Optional[int] = ..., verify_failure_budget: _Optional[int] = ...) -> None: ...
+    passkey_rp_id: str
+    passkey_rp_name: str
+    passkey_origins: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, issuer: _Optional[str] = ..., audience: _Optional[str] = ..., access_token_ttl_seconds: _Optional[int] = ..., session_ttl_seconds: _Optional[int] = ..., code_length: _Optional[int] = ..., code_ttl_seconds: _Optional[int] = ..., code_max_attempts: _Optional[int] = ..., mail_from: _Optional[str] = ..., app_name: _Optional[str] = ..., allowed_validation_urls: _Optional[_Iterable[str]] = ..., default_locale: _Optional[str] = ..., signup_policy: _Optional[_Union[SignupPolicy, str]] = ..., notify_unknown_address: _Optional[bool] = ..., default_validation_url: _Optional[str] = ..., rate_limit_email: _Optional[int] = ..., rate_limit_ip: _Optional[int] = ..., rate_limit_tenant: _Optional[int] = ..., verify_failure_budget: _Optional[int] = ..., passkey_rp_id: _Optional[str] = ..., passkey_rp_name: _Optional[str] = ..., passkey_origins: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Tenant(_message.Message):
     __slots__ = ("id", "name", "settings", "created_at", "updated_at")

@@ -41,6 +41,12 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_ALREADY_EXISTS: _ClassVar[ErrorReason]
     ERROR_REASON_UNAVAILABLE: _ClassVar[ErrorReason]
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+    ERROR_REASON_ACCESS_TOKEN_INVALID: _ClassVar[ErrorReason]
+    ERROR_REASON_PASSKEYS_NOT_CONFIGURED: _ClassVar[ErrorReason]
+    ERROR_REASON_PASSKEY_CEREMONY_INVALID: _ClassVar[ErrorReason]
+    ERROR_REASON_PASSKEY_INVALID: _ClassVar[ErrorReason]
+    ERROR_REASON_PASSKEY_COUNTER_REGRESSED: _ClassVar[ErrorReason]
+    ERROR_REASON_PASSKEY_NOT_FOUND: _ClassVar[ErrorReason]
 METHOD_UNSPECIFIED: Method
 METHOD_CODE: Method
 METHOD_LINK: Method
@@ -64,6 +70,12 @@ ERROR_REASON_NOT_FOUND: ErrorReason
 ERROR_REASON_ALREADY_EXISTS: ErrorReason
 ERROR_REASON_UNAVAILABLE: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
+ERROR_REASON_ACCESS_TOKEN_INVALID: ErrorReason
+ERROR_REASON_PASSKEYS_NOT_CONFIGURED: ErrorReason
+ERROR_REASON_PASSKEY_CEREMONY_INVALID: ErrorReason
+ERROR_REASON_PASSKEY_INVALID: ErrorReason
+ERROR_REASON_PASSKEY_COUNTER_REGRESSED: ErrorReason
+ERROR_REASON_PASSKEY_NOT_FOUND: ErrorReason
 
 class ClientInfo(_message.Message):
     __slots__ = ("ip", "user_agent")
@@ -314,3 +326,125 @@ class TokenClaims(_message.Message):
     exp: _timestamp_pb2.Timestamp
     jti: str
     def __init__(self, iss: _Optional[str] = ..., aud: _Optional[str] = ..., sub: _Optional[str] = ..., email: _Optional[str] = ..., sid: _Optional[str] = ..., tid: _Optional[str] = ..., iat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nbf: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jti: _Optional[str] = ...) -> None: ...
+
+class StartPasskeyRegistrationRequest(_message.Message):
+    __slots__ = ("access_token",)
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    access_token: str
+    def __init__(self, access_token: _Optional[str] = ...) -> None: ...
+
+class StartPasskeyRegistrationResponse(_message.Message):
+    __slots__ = ("ceremony_id", "options_json", "expires_at")
+    CEREMONY_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ceremony_id: str
+    options_json: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, ceremony_id: _Optional[str] = ..., options_json: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class FinishPasskeyRegistrationRequest(_message.Message):
+    __slots__ = ("access_token", "ceremony_id", "credential_json", "name")
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CEREMONY_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_JSON_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    access_token: str
+    ceremony_id: str
+    credential_json: str
+    name: str
+    def __init__(self, access_token: _Optional[str] = ..., ceremony_id: _Optional[str] = ..., credential_json: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class FinishPasskeyRegistrationResponse(_message.Message):
+    __slots__ = ("passkey",)
+    PASSKEY_FIELD_NUMBER: _ClassVar[int]
+    passkey: Passkey
+    def __init__(self, passkey: _Optional[_Union[Passkey, _Mapping]] = ...) -> None: ...
+
+class Passkey(_message.Message):
+    __slots__ = ("id", "name", "credential_id", "created_at", "last_used_at", "backup_eligible", "backed_up", "counter_regressed_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    BACKED_UP_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_REGRESSED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    credential_id: str
+    created_at: _timestamp_pb2.Timestamp
+    last_used_at: _timestamp_pb2.Timestamp
+    backup_eligible: bool
+    backed_up: bool
+    counter_regressed_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., credential_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backup_eligible: _Optional[bool] = ..., backed_up: _Optional[bool] = ..., counter_regressed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StartPasskeyLoginRequest(_message.Message):
+    __slots__ = ("email",)
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    def __init__(self, email: _Optional[str] = ...) -> None: ...
+
+class StartPasskeyLoginResponse(_message.Message):
+    __slots__ = ("ceremony_id", "options_json", "expires_at")
+    CEREMONY_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ceremony_id: str
+    options_json: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, ceremony_id: _Optional[str] = ..., options_json: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class FinishPasskeyLoginRequest(_message.Message):
+    __slots__ = ("ceremony_id", "credential_json", "client")
+    CEREMONY_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_JSON_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    ceremony_id: str
+    credential_json: str
+    client: ClientInfo
+    def __init__(self, ceremony_id: _Optional[str] = ..., credential_json: _Optional[str] = ..., client: _Optional[_Union[ClientInfo, _Mapping]] = ...) -> None: ...
+
+class FinishPasskeyLoginResponse(_message.Message):
+    __slots__ = ("token", "token_type", "expires_in", "refresh_token", "user", "session_id", "new_user")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_USER_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    token_type: str
+    expires_in: int
+    refresh_token: str
+    user: User
+    session_id: str
+    new_user: bool
+    def __init__(self, token: _Optional[str] = ..., token_type: _Optional[str] = ..., expires_in: _Optional[int] = ..., refresh_token: _Optional[str] = ..., user: _Optional[_Union[User, _Mapping]] = ..., session_id: _Optional[str] = ..., new_user: _Optional[bool] = ...) -> None: ...
+
+class ListPasskeysRequest(_message.Message):
+    __slots__ = ("access_token",)
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    access_token: str
+    def __init__(self, access_token: _Optional[str] = ...) -> None: ...
+
+class ListPasskeysResponse(_message.Message):
+    __slots__ = ("passkeys",)
+    PASSKEYS_FIELD_NUMBER: _ClassVar[int]
+    passkeys: _containers.RepeatedCompositeFieldContainer[Passkey]
+    def __init__(self, passkeys: _Optional[_Iterable[_Union[Passkey, _Mapping]]] = ...) -> None: ...
+
+class DeletePasskeyRequest(_message.Message):
+    __slots__ = ("access_token", "passkey_id")
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PASSKEY_ID_FIELD_NUMBER: _ClassVar[int]
+    access_token: str
+    passkey_id: str
+    def __init__(self, access_token: _Optional[str] = ..., passkey_id: _Optional[str] = ...) -> None: ...
+
+class DeletePasskeyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -90,6 +90,36 @@ class AuthServiceStub:
                 request_serializer=latchkey_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
                 response_deserializer=latchkey_dot_v1_dot_auth__pb2.GetJwksResponse.FromString,
                 _registered_method=True)
+        self.StartPasskeyRegistration = channel.unary_unary(
+                '/latchkey.v1.AuthService/StartPasskeyRegistration',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.StartPasskeyRegistrationRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.StartPasskeyRegistrationResponse.FromString,
+                _registered_method=True)
+        self.FinishPasskeyRegistration = channel.unary_unary(
+                '/latchkey.v1.AuthService/FinishPasskeyRegistration',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.FinishPasskeyRegistrationRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.FinishPasskeyRegistrationResponse.FromString,
+                _registered_method=True)
+        self.StartPasskeyLogin = channel.unary_unary(
+                '/latchkey.v1.AuthService/StartPasskeyLogin',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.StartPasskeyLoginRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.StartPasskeyLoginResponse.FromString,
+                _registered_method=True)
+        self.FinishPasskeyLogin = channel.unary_unary(
+                '/latchkey.v1.AuthService/FinishPasskeyLogin',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.FinishPasskeyLoginRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.FinishPasskeyLoginResponse.FromString,
+                _registered_method=True)
+        self.ListPasskeys = channel.unary_unary(
+                '/latchkey.v1.AuthService/ListPasskeys',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.ListPasskeysRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.ListPasskeysResponse.FromString,
+                _registered_method=True)
+        self.DeletePasskey = channel.unary_unary(
+                '/latchkey.v1.AuthService/DeletePasskey',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.DeletePasskeyRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.DeletePasskeyResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -201,6 +231,70 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartPasskeyRegistration(self, request, context):
+        """Starts adding a passkey to a signed-in user: the user is the one of
+        `access_token`, a valid access token of the caller's tenant (so a backend
+        cannot add passkeys to arbitrary users). Returns the options for the
+        browser's `navigator.credentials.create()` and a ceremony id. The
+        ceremony lasts 5 minutes and works once. PASSKEYS_NOT_CONFIGURED when the
+        tenant has no relying-party id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishPasskeyRegistration(self, request, context):
+        """Finishes adding a passkey with the credential the browser created.
+        PASSKEY_CEREMONY_INVALID for an unknown, expired, finished or another
+        user's ceremony; PASSKEY_INVALID when the credential does not verify
+        (wrong origin, relying party, challenge or user verification).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartPasskeyLogin(self, request, context):
+        """Starts a passkey login: the options for the browser's
+        `navigator.credentials.get()` and a ceremony id. With an email, only
+        that account's passkey can finish it; without one, any user's passkey
+        (discoverable credentials, the browser's passkey autofill). The answer
+        has the same shape whether or not the address has an account or
+        passkeys (no user enumeration): the options never list credentials.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishPasskeyLogin(self, request, context):
+        """Finishes a passkey login with the browser's assertion. On success a
+        new session is active and the answer is a Verify's: an access token with
+        the same claims, a refresh token, the user, the session id, and
+        `new_user` false. PASSKEY_CEREMONY_INVALID for an unknown, expired or
+        finished ceremony; PASSKEY_INVALID when the assertion does not verify;
+        PASSKEY_COUNTER_REGRESSED when the passkey's signature counter went
+        backwards (the passkey is refused from then on). Failed assertions count
+        against the same per-address budget as wrong codes (RATE_LIMITED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPasskeys(self, request, context):
+        """The passkeys of the user of a valid access token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePasskey(self, request, context):
+        """Deletes a passkey of the user of a valid access token. Email login
+        always remains, so a user can delete every passkey. PASSKEY_NOT_FOUND
+        when the user has no passkey with that id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +347,36 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.GetJwks,
                     request_deserializer=latchkey_dot_v1_dot_auth__pb2.GetJwksRequest.FromString,
                     response_serializer=latchkey_dot_v1_dot_auth__pb2.GetJwksResponse.SerializeToString,
+            ),
+            'StartPasskeyRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartPasskeyRegistration,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.StartPasskeyRegistrationRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.StartPasskeyRegistrationResponse.SerializeToString,
+            ),
+            'FinishPasskeyRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishPasskeyRegistration,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.FinishPasskeyRegistrationRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.FinishPasskeyRegistrationResponse.SerializeToString,
+            ),
+            'StartPasskeyLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartPasskeyLogin,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.StartPasskeyLoginRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.StartPasskeyLoginResponse.SerializeToString,
+            ),
+            'FinishPasskeyLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishPasskeyLogin,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.FinishPasskeyLoginRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.FinishPasskeyLoginResponse.SerializeToString,
+            ),
+            'ListPasskeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPasskeys,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.ListPasskeysRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.ListPasskeysResponse.SerializeToString,
+            ),
+            'DeletePasskey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePasskey,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.DeletePasskeyRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.DeletePasskeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -531,6 +655,168 @@ class AuthService:
             '/latchkey.v1.AuthService/GetJwks',
             latchkey_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
             latchkey_dot_v1_dot_auth__pb2.GetJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartPasskeyRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/StartPasskeyRegistration',
+            latchkey_dot_v1_dot_auth__pb2.StartPasskeyRegistrationRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.StartPasskeyRegistrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishPasskeyRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/FinishPasskeyRegistration',
+            latchkey_dot_v1_dot_auth__pb2.FinishPasskeyRegistrationRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.FinishPasskeyRegistrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartPasskeyLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/StartPasskeyLogin',
+            latchkey_dot_v1_dot_auth__pb2.StartPasskeyLoginRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.StartPasskeyLoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishPasskeyLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/FinishPasskeyLogin',
+            latchkey_dot_v1_dot_auth__pb2.FinishPasskeyLoginRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.FinishPasskeyLoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPasskeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/ListPasskeys',
+            latchkey_dot_v1_dot_auth__pb2.ListPasskeysRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.ListPasskeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePasskey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/DeletePasskey',
+            latchkey_dot_v1_dot_auth__pb2.DeletePasskeyRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.DeletePasskeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

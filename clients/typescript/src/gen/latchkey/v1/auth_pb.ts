@@ -31,7 +31,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file latchkey/v1/auth.proto.
  */
 export const file_latchkey_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChZsYXRjaGtleS92MS9hdXRoLnByb3RvEgtsYXRjaGtleS52MSIsCgpDbGllbnRJbmZvEgoKAmlwGAEgASgJEhIKCnVzZXJfYWdlbnQYAiABKAkisAEKEFN0YXJ0QXV0aFJlcXVlc3QSDQoFZW1haWwYASABKAkSIwoGbWV0aG9kGAIgASgOMhMubGF0Y2hrZXkudjEuTWV0aG9kEhYKDnZhbGlkYXRpb25fdXJsGAMgASgJEicKBmNsaWVudBgEIAEoCzIXLmxhdGNoa2V5LnYxLkNsaWVudEluZm8SDgoGbG9jYWxlGAUgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCSJsChFTdGFydEF1dGhSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIkUKDVZlcmlmeVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIMCgRjb2RlGAIgASgJEhIKCmxpbmtfdG9rZW4YAyABKAkipQEKDlZlcmlmeVJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSEgoKZXhwaXJlc19pbhgDIAEoBRIVCg1yZWZyZXNoX3Rva2VuGAQgASgJEh8KBHVzZXIYBSABKAsyES5sYXRjaGtleS52MS5Vc2VyEhIKCnNlc3Npb25faWQYBiABKAkSEAoIbmV3X3VzZXIYByABKAgiUQoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCInCg5SZWZyZXNoUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJIl8KD1JlZnJlc2hSZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEhIKCmV4cGlyZXNfaW4YAyABKAUSFQoNcmVmcmVzaF90b2tlbhgEIAEoCSI6Cg1SZXZva2VSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIQCg5SZXZva2VSZXNwb25zZSIjCg5HZXRKd2tzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiMQoPR2V0Sndrc1Jlc3BvbnNlEh4KBGtleXMYASADKAsyEC5sYXRjaGtleS52MS5Kd2sicgoDSndrEgsKA2t0eRgBIAEoCRILCgNjcnYYAiABKAkSCQoBeBgDIAEoCRIJCgF5GAQgASgJEgkKAW4YBSABKAkSCQoBZRgGIAEoCRILCgNraWQYByABKAkSCwoDYWxnGAggASgJEgsKA3VzZRgJIAEoCSInChFSZXNlbmRDb2RlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIm0KElJlc2VuZENvZGVSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIiYKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSI+ChRMaXN0U2Vzc2lvbnNSZXNwb25zZRImCghzZXNzaW9ucxgBIAMoCzIULmxhdGNoa2V5LnYxLlNlc3Npb24i8gIKB1Nlc3Npb24SCgoCaWQYASABKAkSKAoFc3RhdGUYAiABKA4yGS5sYXRjaGtleS52MS5TZXNzaW9uU3RhdGUSEgoKZW5kX3JlYXNvbhgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt2ZXJpZmllZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbGFzdF9yZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgZjbGllbnQYCSABKAsyFy5sYXRjaGtleS52MS5DbGllbnRJbmZvIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIkYKGFJldm9rZUFsbFNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhkKEWV4Y2VwdF9zZXNzaW9uX2lkGAIgASgJIiwKGVJldm9rZUFsbFNlc3Npb25zUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoDSInChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJImoKF0ludHJvc3BlY3RUb2tlblJlc3BvbnNlEg4KBmFjdGl2ZRgBIAEoCBIoCgZjbGFpbXMYAiABKAsyGC5sYXRjaGtleS52MS5Ub2tlbkNsYWltcxIVCg1zZXNzaW9uX2VuZGVkGAMgASgIIuUBCgtUb2tlbkNsYWltcxILCgNpc3MYASABKAkSCwoDYXVkGAIgASgJEgsKA3N1YhgDIAEoCRINCgVlbWFpbBgEIAEoCRILCgNzaWQYBSABKAkSCwoDdGlkGAYgASgJEicKA2lhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDbmJmGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNleHAYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA2p0aRgKIAEoCSpcCgZNZXRob2QSFgoSTUVUSE9EX1VOU1BFQ0lGSUVEEAASDwoLTUVUSE9EX0NPREUQARIPCgtNRVRIT0RfTElOSxACEhgKFE1FVEhPRF9DT0RFX0FORF9MSU5LEAMqewoMU2Vzc2lvblN0YXRlEh0KGVNFU1NJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIYChRTRVNTSU9OX1NUQVRFX0FDVElWRRABEhcKE1NFU1NJT05fU1RBVEVfRU5ERUQQAhIZChVTRVNTSU9OX1NUQVRFX0VYUElSRUQQAyqRBAoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASIQodRVJST1JfUkVBU09OX0lOVkFMSURfQVJHVU1FTlQQARIdChlFUlJPUl9SRUFTT05fQ09ERV9JTlZBTElEEAISIgoeRVJST1JfUkVBU09OX1RPT19NQU5ZX0FUVEVNUFRTEAMSJgoiRVJST1JfUkVBU09OX1JFRlJFU0hfVE9LRU5fSU5WQUxJRBAEEiUKIUVSUk9SX1JFQVNPTl9SRUZSRVNIX1RPS0VOX1JFVVNFRBAFEisKJ0VSUk9SX1JFQVNPTl9WQUxJREFUSU9OX1VSTF9OT1RfQUxMT1dFRBAGEh0KGUVSUk9SX1JFQVNPTl9SQVRFX0xJTUlURUQQBxInCiNFUlJPUl9SRUFTT05fSURFTVBPVEVOQ1lfS0VZX1JFVVNFRBAIEiAKHEVSUk9SX1JFQVNPTl9VTkFVVEhFTlRJQ0FURUQQCRIiCh5FUlJPUl9SRUFTT05fUEVSTUlTU0lPTl9ERU5JRUQQChIaChZFUlJPUl9SRUFTT05fTk9UX0ZPVU5EEAsSHwobRVJST1JfUkVBU09OX0FMUkVBRFlfRVhJU1RTEAwSHAoYRVJST1JfUkVBU09OX1VOQVZBSUxBQkxFEA0SGQoVRVJST1JfUkVBU09OX0lOVEVSTkFMEA4yqQYKC0F1dGhTZXJ2aWNlEkoKCVN0YXJ0QXV0aBIdLmxhdGNoa2V5LnYxLlN0YXJ0QXV0aFJlcXVlc3QaHi5sYXRjaGtleS52MS5TdGFydEF1dGhSZXNwb25zZRJBCgZWZXJpZnkSGi5sYXRjaGtleS52MS5WZXJpZnlSZXF1ZXN0GhsubGF0Y2hrZXkudjEuVmVyaWZ5UmVzcG9uc2USRAoHUmVmcmVzaBIbLmxhdGNoa2V5LnYxLlJlZnJlc2hSZXF1ZXN0GhwubGF0Y2hrZXkudjEuUmVmcmVzaFJlc3BvbnNlEkEKBlJldm9rZRIaLmxhdGNoa2V5LnYxLlJldm9rZVJlcXVlc3QaGy5sYXRjaGtleS52MS5SZXZva2VSZXNwb25zZRJNCgpSZXNlbmRDb2RlEh4ubGF0Y2hrZXkudjEuUmVzZW5kQ29kZVJlcXVlc3QaHy5sYXRjaGtleS52MS5SZXNlbmRDb2RlUmVzcG9uc2USUwoMTGlzdFNlc3Npb25zEiAubGF0Y2hrZXkudjEuTGlzdFNlc3Npb25zUmVxdWVzdBohLmxhdGNoa2V5LnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElYKDVJldm9rZVNlc3Npb24SIS5sYXRjaGtleS52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBoiLmxhdGNoa2V5LnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJiChFSZXZva2VBbGxTZXNzaW9ucxIlLmxhdGNoa2V5LnYxLlJldm9rZUFsbFNlc3Npb25zUmVxdWVzdBomLmxhdGNoa2V5LnYxLlJldm9rZUFsbFNlc3Npb25zUmVzcG9uc2USXAoPSW50cm9zcGVjdFRva2VuEiMubGF0Y2hrZXkudjEuSW50cm9zcGVjdFRva2VuUmVxdWVzdBokLmxhdGNoa2V5LnYxLkludHJvc3BlY3RUb2tlblJlc3BvbnNlEkQKB0dldEp3a3MSGy5sYXRjaGtleS52MS5HZXRKd2tzUmVxdWVzdBocLmxhdGNoa2V5LnYxLkdldEp3a3NSZXNwb25zZUKOAQoPZGV2LmxhdGNoa2V5LnYxQglBdXRoUHJvdG9QAVo9Z2l0aHViLmNvbS9sYXRjaGtleS9sYXRjaGtleS9jbGllbnRzL2dvL2xhdGNoa2V5djE7bGF0Y2hrZXl2MaICA0xUS6oCC0xhdGNoa2V5LlYxygILTGF0Y2hrZXlcVjHqAgxMYXRjaGtleTo6VjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChZsYXRjaGtleS92MS9hdXRoLnByb3RvEgtsYXRjaGtleS52MSIsCgpDbGllbnRJbmZvEgoKAmlwGAEgASgJEhIKCnVzZXJfYWdlbnQYAiABKAkisAEKEFN0YXJ0QXV0aFJlcXVlc3QSDQoFZW1haWwYASABKAkSIwoGbWV0aG9kGAIgASgOMhMubGF0Y2hrZXkudjEuTWV0aG9kEhYKDnZhbGlkYXRpb25fdXJsGAMgASgJEicKBmNsaWVudBgEIAEoCzIXLmxhdGNoa2V5LnYxLkNsaWVudEluZm8SDgoGbG9jYWxlGAUgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCSJsChFTdGFydEF1dGhSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIkUKDVZlcmlmeVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIMCgRjb2RlGAIgASgJEhIKCmxpbmtfdG9rZW4YAyABKAkipQEKDlZlcmlmeVJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSEgoKZXhwaXJlc19pbhgDIAEoBRIVCg1yZWZyZXNoX3Rva2VuGAQgASgJEh8KBHVzZXIYBSABKAsyES5sYXRjaGtleS52MS5Vc2VyEhIKCnNlc3Npb25faWQYBiABKAkSEAoIbmV3X3VzZXIYByABKAgiUQoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCInCg5SZWZyZXNoUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJIl8KD1JlZnJlc2hSZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEhIKCmV4cGlyZXNfaW4YAyABKAUSFQoNcmVmcmVzaF90b2tlbhgEIAEoCSI6Cg1SZXZva2VSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIQCg5SZXZva2VSZXNwb25zZSIjCg5HZXRKd2tzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiMQoPR2V0Sndrc1Jlc3BvbnNlEh4KBGtleXMYASADKAsyEC5sYXRjaGtleS52MS5Kd2sicgoDSndrEgsKA2t0eRgBIAEoCRILCgNjcnYYAiABKAkSCQoBeBgDIAEoCRIJCgF5GAQgASgJEgkKAW4YBSABKAkSCQoBZRgGIAEoCRILCgNraWQYByABKAkSCwoDYWxnGAggASgJEgsKA3VzZRgJIAEoCSInChFSZXNlbmRDb2RlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIm0KElJlc2VuZENvZGVSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIiYKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSI+ChRMaXN0U2Vzc2lvbnNSZXNwb25zZRImCghzZXNzaW9ucxgBIAMoCzIULmxhdGNoa2V5LnYxLlNlc3Npb24i8gIKB1Nlc3Npb24SCgoCaWQYASABKAkSKAoFc3RhdGUYAiABKA4yGS5sYXRjaGtleS52MS5TZXNzaW9uU3RhdGUSEgoKZW5kX3JlYXNvbhgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt2ZXJpZmllZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbGFzdF9yZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgZjbGllbnQYCSABKAsyFy5sYXRjaGtleS52MS5DbGllbnRJbmZvIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIkYKGFJldm9rZUFsbFNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhkKEWV4Y2VwdF9zZXNzaW9uX2lkGAIgASgJIiwKGVJldm9rZUFsbFNlc3Npb25zUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoDSInChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJImoKF0ludHJvc3BlY3RUb2tlblJlc3BvbnNlEg4KBmFjdGl2ZRgBIAEoCBIoCgZjbGFpbXMYAiABKAsyGC5sYXRjaGtleS52MS5Ub2tlbkNsYWltcxIVCg1zZXNzaW9uX2VuZGVkGAMgASgIIuUBCgtUb2tlbkNsYWltcxILCgNpc3MYASABKAkSCwoDYXVkGAIgASgJEgsKA3N1YhgDIAEoCRINCgVlbWFpbBgEIAEoCRILCgNzaWQYBSABKAkSCwoDdGlkGAYgASgJEicKA2lhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDbmJmGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNleHAYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA2p0aRgKIAEoCSI3Ch9TdGFydFBhc3NrZXlSZWdpc3RyYXRpb25SZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSJ9CiBTdGFydFBhc3NrZXlSZWdpc3RyYXRpb25SZXNwb25zZRITCgtjZXJlbW9ueV9pZBgBIAEoCRIUCgxvcHRpb25zX2pzb24YAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAidAogRmluaXNoUGFzc2tleVJlZ2lzdHJhdGlvblJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEhMKC2NlcmVtb255X2lkGAIgASgJEhcKD2NyZWRlbnRpYWxfanNvbhgDIAEoCRIMCgRuYW1lGAQgASgJIkoKIUZpbmlzaFBhc3NrZXlSZWdpc3RyYXRpb25SZXNwb25zZRIlCgdwYXNza2V5GAEgASgLMhQubGF0Y2hrZXkudjEuUGFzc2tleSKCAgoHUGFzc2tleRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWNyZWRlbnRpYWxfaWQYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9iYWNrdXBfZWxpZ2libGUYBiABKAgSEQoJYmFja2VkX3VwGAcgASgIEjgKFGNvdW50ZXJfcmVncmVzc2VkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIpChhTdGFydFBhc3NrZXlMb2dpblJlcXVlc3QSDQoFZW1haWwYASABKAkidgoZU3RhcnRQYXNza2V5TG9naW5SZXNwb25zZRITCgtjZXJlbW9ueV9pZBgBIAEoCRIUCgxvcHRpb25zX2pzb24YAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicgoZRmluaXNoUGFzc2tleUxvZ2luUmVxdWVzdBITCgtjZXJlbW9ueV9pZBgBIAEoCRIXCg9jcmVkZW50aWFsX2pzb24YAiABKAkSJwoGY2xpZW50GAMgASgLMhcubGF0Y2hrZXkudjEuQ2xpZW50SW5mbyKxAQoaRmluaXNoUGFzc2tleUxvZ2luUmVzcG9uc2USDQoFdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRISCgpleHBpcmVzX2luGAMgASgFEhUKDXJlZnJlc2hfdG9rZW4YBCABKAkSHwoEdXNlchgFIAEoCzIRLmxhdGNoa2V5LnYxLlVzZXISEgoKc2Vzc2lvbl9pZBgGIAEoCRIQCghuZXdfdXNlchgHIAEoCCIrChNMaXN0UGFzc2tleXNSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSI+ChRMaXN0UGFzc2tleXNSZXNwb25zZRImCghwYXNza2V5cxgBIAMoCzIULmxhdGNoa2V5LnYxLlBhc3NrZXkiQAoURGVsZXRlUGFzc2tleVJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnBhc3NrZXlfaWQYAiABKAkiFwoVRGVsZXRlUGFzc2tleVJlc3BvbnNlKlwKBk1ldGhvZBIWChJNRVRIT0RfVU5TUEVDSUZJRUQQABIPCgtNRVRIT0RfQ09ERRABEg8KC01FVEhPRF9MSU5LEAISGAoUTUVUSE9EX0NPREVfQU5EX0xJTksQAyp7CgxTZXNzaW9uU3RhdGUSHQoZU0VTU0lPTl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFFNFU1NJT05fU1RBVEVfQUNUSVZFEAESFwoTU0VTU0lPTl9TVEFURV9FTkRFRBACEhkKFVNFU1NJT05fU1RBVEVfRVhQSVJFRBADKv8FCgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIhCh1FUlJPUl9SRUFTT05fSU5WQUxJRF9BUkdVTUVOVBABEh0KGUVSUk9SX1JFQVNPTl9DT0RFX0lOVkFMSUQQAhIiCh5FUlJPUl9SRUFTT05fVE9PX01BTllfQVRURU1QVFMQAxImCiJFUlJPUl9SRUFTT05fUkVGUkVTSF9UT0tFTl9JTlZBTElEEAQSJQohRVJST1JfUkVBU09OX1JFRlJFU0hfVE9LRU5fUkVVU0VEEAUSKwonRVJST1JfUkVBU09OX1ZBTElEQVRJT05fVVJMX05PVF9BTExPV0VEEAYSHQoZRVJST1JfUkVBU09OX1JBVEVfTElNSVRFRBAHEicKI0VSUk9SX1JFQVNPTl9JREVNUE9URU5DWV9LRVlfUkVVU0VEEAgSIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAJEiIKHkVSUk9SX1JFQVNPTl9QRVJNSVNTSU9OX0RFTklFRBAKEhoKFkVSUk9SX1JFQVNPTl9OT1RfRk9VTkQQCxIfChtFUlJPUl9SRUFTT05fQUxSRUFEWV9FWElTVFMQDBIcChhFUlJPUl9SRUFTT05fVU5BVkFJTEFCTEUQDRIZChVFUlJPUl9SRUFTT05fSU5URVJOQUwQDhIlCiFFUlJPUl9SRUFTT05fQUNDRVNTX1RPS0VOX0lOVkFMSUQQDxIoCiRFUlJPUl9SRUFTT05fUEFTU0tFWVNfTk9UX0NPTkZJR1VSRUQQEBIpCiVFUlJPUl9SRUFTT05fUEFTU0tFWV9DRVJFTU9OWV9JTlZBTElEEBESIAocRVJST1JfUkVBU09OX1BBU1NLRVlfSU5WQUxJRBASEioKJkVSUk9SX1JFQVNPTl9QQVNTS0VZX0NPVU5URVJfUkVHUkVTU0VEEBMSIgoeRVJST1JfUkVBU09OX1BBU1NLRVlfTk9UX0ZPVU5EEBQylgsKC0F1dGhTZXJ2aWNlEkoKCVN0YXJ0QXV0aBIdLmxhdGNoa2V5LnYxLlN0YXJ0QXV0aFJlcXVlc3QaHi5sYXRjaGtleS52MS5TdGFydEF1dGhSZXNwb25zZRJBCgZWZXJpZnkSGi5sYXRjaGtleS52MS5WZXJpZnlSZXF1ZXN0GhsubGF0Y2hrZXkudjEuVmVyaWZ5UmVzcG9uc2USRAoHUmVmcmVzaBIbLmxhdGNoa2V5LnYxLlJlZnJlc2hSZXF1ZXN0GhwubGF0Y2hrZXkudjEuUmVmcmVzaFJlc3BvbnNlEkEKBlJldm9rZRIaLmxhdGNoa2V5LnYxLlJldm9rZVJlcXVlc3QaGy5sYXRjaGtleS52MS5SZXZva2VSZXNwb25zZRJNCgpSZXNlbmRDb2RlEh4ubGF0Y2hrZXkudjEuUmVzZW5kQ29kZVJlcXVlc3QaHy5sYXRjaGtleS52MS5SZXNlbmRDb2RlUmVzcG9uc2USUwoMTGlzdFNlc3Npb25zEiAubGF0Y2hrZXkudjEuTGlzdFNlc3Npb25zUmVxdWVzdBohLmxhdGNoa2V5LnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElYKDVJldm9rZVNlc3Npb24SIS5sYXRjaGtleS52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBoiLmxhdGNoa2V5LnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJiChFSZXZva2VBbGxTZXNzaW9ucxIlLmxhdGNoa2V5LnYxLlJldm9rZUFsbFNlc3Npb25zUmVxdWVzdBomLmxhdGNoa2V5LnYxLlJldm9rZUFsbFNlc3Npb25zUmVzcG9uc2USXAoPSW50cm9zcGVjdFRva2VuEiMubGF0Y2hrZXkudjEuSW50cm9zcGVjdFRva2VuUmVxdWVzdBokLmxhdGNoa2V5LnYxLkludHJvc3BlY3RUb2tlblJlc3BvbnNlEkQKB0dldEp3a3MSGy5sYXRjaGtleS52MS5HZXRKd2tzUmVxdWVzdBocLmxhdGNoa2V5LnYxLkdldEp3a3NSZXNwb25zZRJ3ChhTdGFydFBhc3NrZXlSZWdpc3RyYXRpb24SLC5sYXRjaGtleS52MS5TdGFydFBhc3NrZXlSZWdpc3RyYXRpb25SZXF1ZXN0Gi0ubGF0Y2hrZXkudjEuU3RhcnRQYXNza2V5UmVnaXN0cmF0aW9uUmVzcG9uc2USegoZRmluaXNoUGFzc2tleVJlZ2lzdHJhdGlvbhItLmxhdGNoa2V5LnYxLkZpbmlzaFBhc3NrZXlSZWdpc3RyYXRpb25SZXF1ZXN0Gi4ubGF0Y2hrZXkudjEuRmluaXNoUGFzc2tleVJlZ2lzdHJhdGlvblJlc3BvbnNlEmIKEVN0YXJ0UGFzc2tleUxvZ2luEiUubGF0Y2hrZXkudjEuU3RhcnRQYXNza2V5TG9naW5SZXF1ZXN0GiYubGF0Y2hrZXkudjEuU3RhcnRQYXNza2V5TG9naW5SZXNwb25zZRJlChJGaW5pc2hQYXNza2V5TG9naW4SJi5sYXRjaGtleS52MS5GaW5pc2hQYXNza2V5TG9naW5SZXF1ZXN0GicubGF0Y2hrZXkudjEuRmluaXNoUGFzc2tleUxvZ2luUmVzcG9uc2USUwoMTGlzdFBhc3NrZXlzEiAubGF0Y2hrZXkudjEuTGlzdFBhc3NrZXlzUmVxdWVzdBohLmxhdGNoa2V5LnYxLkxpc3RQYXNza2V5c1Jlc3BvbnNlElYKDURlbGV0ZVBhc3NrZXkSIS5sYXRjaGtleS52MS5EZWxldGVQYXNza2V5UmVxdWVzdBoiLmxhdGNoa2V5LnYxLkRlbGV0ZVBhc3NrZXlSZXNwb25zZUKOAQoPZGV2LmxhdGNoa2V5LnYxQglBdXRoUHJvdG9QAVo9Z2l0aHViLmNvbS9sYXRjaGtleS9sYXRjaGtleS9jbGllbnRzL2dvL2xhdGNoa2V5djE7bGF0Y2hrZXl2MaICA0xUS6oCC0xhdGNoa2V5LlYxygILTGF0Y2hrZXlcVjHqAgxMYXRjaGtleTo6VjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Facts about the end user's client, as seen by the calling backend. Stored
@@ -947,6 +947,443 @@ export const TokenClaimsSchema: GenMessage<TokenClaims> = /*@__PURE__*/
   messageDesc(file_latchkey_v1_auth, 24);
 
 /**
+ * The signed-in user who adds a passkey.
+ *
+ * @generated from message latchkey.v1.StartPasskeyRegistrationRequest
+ */
+export type StartPasskeyRegistrationRequest = Message<"latchkey.v1.StartPasskeyRegistrationRequest"> & {
+  /**
+   * A valid access token of the user (from Verify, Refresh or
+   * FinishPasskeyLogin) of the caller's tenant, its session still active.
+   *
+   * @generated from field: string access_token = 1;
+   */
+  accessToken: string;
+};
+
+/**
+ * Describes the message latchkey.v1.StartPasskeyRegistrationRequest.
+ * Use `create(StartPasskeyRegistrationRequestSchema)` to create a new message.
+ */
+export const StartPasskeyRegistrationRequestSchema: GenMessage<StartPasskeyRegistrationRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 25);
+
+/**
+ * What the browser needs to create the passkey.
+ *
+ * @generated from message latchkey.v1.StartPasskeyRegistrationResponse
+ */
+export type StartPasskeyRegistrationResponse = Message<"latchkey.v1.StartPasskeyRegistrationResponse"> & {
+  /**
+   * Pass it to FinishPasskeyRegistration.
+   *
+   * @generated from field: string ceremony_id = 1;
+   */
+  ceremonyId: string;
+
+  /**
+   * PublicKeyCredentialCreationOptions as JSON (`{"publicKey": {…}}`, binary
+   * values base64url): `PublicKeyCredential.parseCreationOptionsFromJSON()`
+   * of its `publicKey` gives what `navigator.credentials.create()` takes.
+   *
+   * @generated from field: string options_json = 2;
+   */
+  optionsJson: string;
+
+  /**
+   * When the ceremony stops working.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 3;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.StartPasskeyRegistrationResponse.
+ * Use `create(StartPasskeyRegistrationResponseSchema)` to create a new message.
+ */
+export const StartPasskeyRegistrationResponseSchema: GenMessage<StartPasskeyRegistrationResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 26);
+
+/**
+ * The credential the browser created.
+ *
+ * @generated from message latchkey.v1.FinishPasskeyRegistrationRequest
+ */
+export type FinishPasskeyRegistrationRequest = Message<"latchkey.v1.FinishPasskeyRegistrationRequest"> & {
+  /**
+   * The same user's valid access token, as for the start.
+   *
+   * @generated from field: string access_token = 1;
+   */
+  accessToken: string;
+
+  /**
+   * The ceremony id StartPasskeyRegistration returned.
+   *
+   * @generated from field: string ceremony_id = 2;
+   */
+  ceremonyId: string;
+
+  /**
+   * The new credential as JSON (`credential.toJSON()` in the browser).
+   *
+   * @generated from field: string credential_json = 3;
+   */
+  credentialJson: string;
+
+  /**
+   * A name for the passkey, shown in ListPasskeys (e.g. "Work laptop"). At
+   * most 100 characters. Empty: "Passkey".
+   *
+   * @generated from field: string name = 4;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message latchkey.v1.FinishPasskeyRegistrationRequest.
+ * Use `create(FinishPasskeyRegistrationRequestSchema)` to create a new message.
+ */
+export const FinishPasskeyRegistrationRequestSchema: GenMessage<FinishPasskeyRegistrationRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 27);
+
+/**
+ * The new passkey.
+ *
+ * @generated from message latchkey.v1.FinishPasskeyRegistrationResponse
+ */
+export type FinishPasskeyRegistrationResponse = Message<"latchkey.v1.FinishPasskeyRegistrationResponse"> & {
+  /**
+   * The passkey, as ListPasskeys shows it.
+   *
+   * @generated from field: latchkey.v1.Passkey passkey = 1;
+   */
+  passkey?: Passkey | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.FinishPasskeyRegistrationResponse.
+ * Use `create(FinishPasskeyRegistrationResponseSchema)` to create a new message.
+ */
+export const FinishPasskeyRegistrationResponseSchema: GenMessage<FinishPasskeyRegistrationResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 28);
+
+/**
+ * A user's passkey.
+ *
+ * @generated from message latchkey.v1.Passkey
+ */
+export type Passkey = Message<"latchkey.v1.Passkey"> & {
+  /**
+   * The passkey's id (for DeletePasskey).
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Its name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The WebAuthn credential id, base64url without padding.
+   *
+   * @generated from field: string credential_id = 3;
+   */
+  credentialId: string;
+
+  /**
+   * When it was added.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 4;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * The last login with it; absent if never used.
+   *
+   * @generated from field: google.protobuf.Timestamp last_used_at = 5;
+   */
+  lastUsedAt?: Timestamp | undefined;
+
+  /**
+   * Whether the credential may be synced to the user's other devices.
+   *
+   * @generated from field: bool backup_eligible = 6;
+   */
+  backupEligible: boolean;
+
+  /**
+   * Whether it is backed up (synced) now, as of its last use.
+   *
+   * @generated from field: bool backed_up = 7;
+   */
+  backedUp: boolean;
+
+  /**
+   * When its signature counter went backwards (a possible clone): it is
+   * refused since. Absent otherwise.
+   *
+   * @generated from field: google.protobuf.Timestamp counter_regressed_at = 8;
+   */
+  counterRegressedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.Passkey.
+ * Use `create(PasskeySchema)` to create a new message.
+ */
+export const PasskeySchema: GenMessage<Passkey> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 29);
+
+/**
+ * Starts a passkey login.
+ *
+ * @generated from message latchkey.v1.StartPasskeyLoginRequest
+ */
+export type StartPasskeyLoginRequest = Message<"latchkey.v1.StartPasskeyLoginRequest"> & {
+  /**
+   * The address the user typed, if any: only that account's passkey can
+   * finish the login. Empty: any user's passkey (discoverable credentials).
+   *
+   * @generated from field: string email = 1;
+   */
+  email: string;
+};
+
+/**
+ * Describes the message latchkey.v1.StartPasskeyLoginRequest.
+ * Use `create(StartPasskeyLoginRequestSchema)` to create a new message.
+ */
+export const StartPasskeyLoginRequestSchema: GenMessage<StartPasskeyLoginRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 30);
+
+/**
+ * What the browser needs to sign in with a passkey.
+ *
+ * @generated from message latchkey.v1.StartPasskeyLoginResponse
+ */
+export type StartPasskeyLoginResponse = Message<"latchkey.v1.StartPasskeyLoginResponse"> & {
+  /**
+   * Pass it to FinishPasskeyLogin.
+   *
+   * @generated from field: string ceremony_id = 1;
+   */
+  ceremonyId: string;
+
+  /**
+   * PublicKeyCredentialRequestOptions as JSON (`{"publicKey": {…}}`, binary
+   * values base64url): `PublicKeyCredential.parseRequestOptionsFromJSON()`
+   * of its `publicKey` gives what `navigator.credentials.get()` takes.
+   *
+   * @generated from field: string options_json = 2;
+   */
+  optionsJson: string;
+
+  /**
+   * When the ceremony stops working.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 3;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.StartPasskeyLoginResponse.
+ * Use `create(StartPasskeyLoginResponseSchema)` to create a new message.
+ */
+export const StartPasskeyLoginResponseSchema: GenMessage<StartPasskeyLoginResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 31);
+
+/**
+ * The browser's answer to a passkey login.
+ *
+ * @generated from message latchkey.v1.FinishPasskeyLoginRequest
+ */
+export type FinishPasskeyLoginRequest = Message<"latchkey.v1.FinishPasskeyLoginRequest"> & {
+  /**
+   * The ceremony id StartPasskeyLogin returned.
+   *
+   * @generated from field: string ceremony_id = 1;
+   */
+  ceremonyId: string;
+
+  /**
+   * The assertion as JSON (`credential.toJSON()` in the browser).
+   *
+   * @generated from field: string credential_json = 2;
+   */
+  credentialJson: string;
+
+  /**
+   * The end user's client, stored with the session for auditing. Optional.
+   *
+   * @generated from field: latchkey.v1.ClientInfo client = 3;
+   */
+  client?: ClientInfo | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.FinishPasskeyLoginRequest.
+ * Use `create(FinishPasskeyLoginRequestSchema)` to create a new message.
+ */
+export const FinishPasskeyLoginRequestSchema: GenMessage<FinishPasskeyLoginRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 32);
+
+/**
+ * The tokens of the new session, and the user (the fields of
+ * VerifyResponse, on the wire and in JSON).
+ *
+ * @generated from message latchkey.v1.FinishPasskeyLoginResponse
+ */
+export type FinishPasskeyLoginResponse = Message<"latchkey.v1.FinishPasskeyLoginResponse"> & {
+  /**
+   * The access token, with the claims of Verify's.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * Always "Bearer".
+   *
+   * @generated from field: string token_type = 2;
+   */
+  tokenType: string;
+
+  /**
+   * Seconds until the access token expires.
+   *
+   * @generated from field: int32 expires_in = 3;
+   */
+  expiresIn: number;
+
+  /**
+   * An opaque refresh token for Refresh and Revoke.
+   *
+   * @generated from field: string refresh_token = 4;
+   */
+  refreshToken: string;
+
+  /**
+   * The user who logged in.
+   *
+   * @generated from field: latchkey.v1.User user = 5;
+   */
+  user?: User | undefined;
+
+  /**
+   * The new login session: the `sid` claim of its access tokens.
+   *
+   * @generated from field: string session_id = 6;
+   */
+  sessionId: string;
+
+  /**
+   * Always false: a passkey belongs to an existing user.
+   *
+   * @generated from field: bool new_user = 7;
+   */
+  newUser: boolean;
+};
+
+/**
+ * Describes the message latchkey.v1.FinishPasskeyLoginResponse.
+ * Use `create(FinishPasskeyLoginResponseSchema)` to create a new message.
+ */
+export const FinishPasskeyLoginResponseSchema: GenMessage<FinishPasskeyLoginResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 33);
+
+/**
+ * Whose passkeys to list.
+ *
+ * @generated from message latchkey.v1.ListPasskeysRequest
+ */
+export type ListPasskeysRequest = Message<"latchkey.v1.ListPasskeysRequest"> & {
+  /**
+   * A valid access token of the user.
+   *
+   * @generated from field: string access_token = 1;
+   */
+  accessToken: string;
+};
+
+/**
+ * Describes the message latchkey.v1.ListPasskeysRequest.
+ * Use `create(ListPasskeysRequestSchema)` to create a new message.
+ */
+export const ListPasskeysRequestSchema: GenMessage<ListPasskeysRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 34);
+
+/**
+ * A user's passkeys.
+ *
+ * @generated from message latchkey.v1.ListPasskeysResponse
+ */
+export type ListPasskeysResponse = Message<"latchkey.v1.ListPasskeysResponse"> & {
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated latchkey.v1.Passkey passkeys = 1;
+   */
+  passkeys: Passkey[];
+};
+
+/**
+ * Describes the message latchkey.v1.ListPasskeysResponse.
+ * Use `create(ListPasskeysResponseSchema)` to create a new message.
+ */
+export const ListPasskeysResponseSchema: GenMessage<ListPasskeysResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 35);
+
+/**
+ * The passkey to delete.
+ *
+ * @generated from message latchkey.v1.DeletePasskeyRequest
+ */
+export type DeletePasskeyRequest = Message<"latchkey.v1.DeletePasskeyRequest"> & {
+  /**
+   * A valid access token of the passkey's user.
+   *
+   * @generated from field: string access_token = 1;
+   */
+  accessToken: string;
+
+  /**
+   * The passkey's id.
+   *
+   * @generated from field: string passkey_id = 2;
+   */
+  passkeyId: string;
+};
+
+/**
+ * Describes the message latchkey.v1.DeletePasskeyRequest.
+ * Use `create(DeletePasskeyRequestSchema)` to create a new message.
+ */
+export const DeletePasskeyRequestSchema: GenMessage<DeletePasskeyRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 36);
+
+/**
+ * The passkey is deleted.
+ *
+ * @generated from message latchkey.v1.DeletePasskeyResponse
+ */
+export type DeletePasskeyResponse = Message<"latchkey.v1.DeletePasskeyResponse"> & {
+};
+
+/**
+ * Describes the message latchkey.v1.DeletePasskeyResponse.
+ * Use `create(DeletePasskeyResponseSchema)` to create a new message.
+ */
+export const DeletePasskeyResponseSchema: GenMessage<DeletePasskeyResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 37);
+
+/**
  * How the user proves they own the address.
  *
  * @generated from enum latchkey.v1.Method
@@ -1154,6 +1591,54 @@ export enum ErrorReason {
    * @generated from enum value: ERROR_REASON_INTERNAL = 14;
    */
   INTERNAL = 14,
+
+  /**
+   * The access token presented for a user is not a valid access token of
+   * the caller's tenant now: forged, expired, or its session ended (gRPC
+   * UNAUTHENTICATED, HTTP 401).
+   *
+   * @generated from enum value: ERROR_REASON_ACCESS_TOKEN_INVALID = 15;
+   */
+  ACCESS_TOKEN_INVALID = 15,
+
+  /**
+   * Passkeys are not configured for the tenant: no relying-party id (gRPC
+   * FAILED_PRECONDITION, HTTP 409).
+   *
+   * @generated from enum value: ERROR_REASON_PASSKEYS_NOT_CONFIGURED = 16;
+   */
+  PASSKEYS_NOT_CONFIGURED = 16,
+
+  /**
+   * Unknown, expired or already finished passkey ceremony, or another
+   * tenant's (gRPC UNAUTHENTICATED, HTTP 401): start a new one.
+   *
+   * @generated from enum value: ERROR_REASON_PASSKEY_CEREMONY_INVALID = 17;
+   */
+  PASSKEY_CEREMONY_INVALID = 17,
+
+  /**
+   * The passkey's answer did not verify (gRPC UNAUTHENTICATED, HTTP 401).
+   *
+   * @generated from enum value: ERROR_REASON_PASSKEY_INVALID = 18;
+   */
+  PASSKEY_INVALID = 18,
+
+  /**
+   * The passkey's signature counter went backwards, a sign of a cloned
+   * authenticator: refused now and from now on (gRPC PERMISSION_DENIED, HTTP
+   * 403).
+   *
+   * @generated from enum value: ERROR_REASON_PASSKEY_COUNTER_REGRESSED = 19;
+   */
+  PASSKEY_COUNTER_REGRESSED = 19,
+
+  /**
+   * The user has no passkey with that id (gRPC NOT_FOUND, HTTP 404).
+   *
+   * @generated from enum value: ERROR_REASON_PASSKEY_NOT_FOUND = 20;
+   */
+  PASSKEY_NOT_FOUND = 20,
 }
 
 /**
@@ -1302,6 +1787,88 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof GetJwksRequestSchema;
     output: typeof GetJwksResponseSchema;
+  },
+  /**
+   * Starts adding a passkey to a signed-in user: the user is the one of
+   * `access_token`, a valid access token of the caller's tenant (so a backend
+   * cannot add passkeys to arbitrary users). Returns the options for the
+   * browser's `navigator.credentials.create()` and a ceremony id. The
+   * ceremony lasts 5 minutes and works once. PASSKEYS_NOT_CONFIGURED when the
+   * tenant has no relying-party id.
+   *
+   * @generated from rpc latchkey.v1.AuthService.StartPasskeyRegistration
+   */
+  startPasskeyRegistration: {
+    methodKind: "unary";
+    input: typeof StartPasskeyRegistrationRequestSchema;
+    output: typeof StartPasskeyRegistrationResponseSchema;
+  },
+  /**
+   * Finishes adding a passkey with the credential the browser created.
+   * PASSKEY_CEREMONY_INVALID for an unknown, expired, finished or another
+   * user's ceremony; PASSKEY_INVALID when the credential does not verify
+   * (wrong origin, relying party, challenge or user verification).
+   *
+   * @generated from rpc latchkey.v1.AuthService.FinishPasskeyRegistration
+   */
+  finishPasskeyRegistration: {
+    methodKind: "unary";
+    input: typeof FinishPasskeyRegistrationRequestSchema;
+    output: typeof FinishPasskeyRegistrationResponseSchema;
+  },
+  /**
+   * Starts a passkey login: the options for the browser's
+   * `navigator.credentials.get()` and a ceremony id. With an email, only
+   * that account's passkey can finish it; without one, any user's passkey
+   * (discoverable credentials, the browser's passkey autofill). The answer
+   * has the same shape whether or not the address has an account or
+   * passkeys (no user enumeration): the options never list credentials.
+   *
+   * @generated from rpc latchkey.v1.AuthService.StartPasskeyLogin
+   */
+  startPasskeyLogin: {
+    methodKind: "unary";
+    input: typeof StartPasskeyLoginRequestSchema;
+    output: typeof StartPasskeyLoginResponseSchema;
+  },
+  /**
+   * Finishes a passkey login with the browser's assertion. On success a
+   * new session is active and the answer is a Verify's: an access token with
+   * the same claims, a refresh token, the user, the session id, and
+   * `new_user` false. PASSKEY_CEREMONY_INVALID for an unknown, expired or
+   * finished ceremony; PASSKEY_INVALID when the assertion does not verify;
+   * PASSKEY_COUNTER_REGRESSED when the passkey's signature counter went
+   * backwards (the passkey is refused from then on). Failed assertions count
+   * against the same per-address budget as wrong codes (RATE_LIMITED).
+   *
+   * @generated from rpc latchkey.v1.AuthService.FinishPasskeyLogin
+   */
+  finishPasskeyLogin: {
+    methodKind: "unary";
+    input: typeof FinishPasskeyLoginRequestSchema;
+    output: typeof FinishPasskeyLoginResponseSchema;
+  },
+  /**
+   * The passkeys of the user of a valid access token.
+   *
+   * @generated from rpc latchkey.v1.AuthService.ListPasskeys
+   */
+  listPasskeys: {
+    methodKind: "unary";
+    input: typeof ListPasskeysRequestSchema;
+    output: typeof ListPasskeysResponseSchema;
+  },
+  /**
+   * Deletes a passkey of the user of a valid access token. Email login
+   * always remains, so a user can delete every passkey. PASSKEY_NOT_FOUND
+   * when the user has no passkey with that id.
+   *
+   * @generated from rpc latchkey.v1.AuthService.DeletePasskey
+   */
+  deletePasskey: {
+    methodKind: "unary";
+    input: typeof DeletePasskeyRequestSchema;
+    output: typeof DeletePasskeyResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_latchkey_v1_auth, 0);
