@@ -44,6 +44,9 @@ pub enum AuthError {
     /// A valid key without the right scope (an app key on the admin surface).
     #[error("{0}")]
     PermissionDenied(&'static str),
+    /// The user is disabled: no login, no refresh.
+    #[error("this user is disabled")]
+    UserDisabled,
     /// An admin operation names something that does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -80,6 +83,7 @@ impl AuthError {
             Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             Self::Unauthenticated => ErrorCode::Unauthenticated,
             Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Self::UserDisabled => ErrorCode::UserDisabled,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Self::Unavailable(_) => ErrorCode::Unavailable,
@@ -147,11 +151,12 @@ pub enum ErrorCode {
     AlreadyExists,
     Unavailable,
     Internal,
+    UserDisabled,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::InvalidArgument,
         Self::CodeInvalid,
         Self::TooManyAttempts,
@@ -166,6 +171,7 @@ impl ErrorCode {
         Self::AlreadyExists,
         Self::Unavailable,
         Self::Internal,
+        Self::UserDisabled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -184,6 +190,7 @@ impl ErrorCode {
             Self::AlreadyExists => "ALREADY_EXISTS",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
+            Self::UserDisabled => "USER_DISABLED",
         }
     }
 }

@@ -217,6 +217,7 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
         ErrorCode::Unavailable => tonic::Code::Unavailable,
         ErrorCode::Internal => tonic::Code::Internal,
+        ErrorCode::UserDisabled => tonic::Code::PermissionDenied,
     }
 }
 

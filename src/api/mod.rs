@@ -114,11 +114,7 @@ impl Api {
             token_type: "Bearer".to_owned(),
             expires_in: verified.tokens.expires_in,
             refresh_token: verified.tokens.refresh_token.into_string(),
-            user: Some(proto::User {
-                id: verified.user.id,
-                email: verified.user.email,
-                created_at: Some(timestamp(verified.user.created_at)),
-            }),
+            user: Some(user_to_proto(verified.user)),
             session_id: verified.session_id,
             new_user: verified.new_user,
         })
@@ -261,7 +257,45 @@ impl Api {
                 nbf: Some(seconds(c.nbf)),
                 exp: Some(seconds(c.exp)),
                 jti: c.jti.into_owned(),
+                app_metadata: c
+                    .app_metadata
+                    .map(|m| serde_json::Value::Object(m).to_string())
+                    .unwrap_or_default(),
             }),
+        })
+    }
+
+    pub async fn get_user(
+        &self,
+        tenant: &Tenant,
+        req: proto::AuthServiceGetUserRequest,
+    ) -> Result<proto::AuthServiceGetUserResponse, AuthError> {
+        let user = self
+            .auth
+            .get_user(
+                tenant,
+                given(req.user_id).as_deref(),
+                given(req.email).as_deref(),
+            )
+            .await?;
+        Ok(proto::AuthServiceGetUserResponse {
+            user: Some(user_to_proto(user)),
+        })
+    }
+
+    pub async fn update_user(
+        &self,
+        tenant: &Arc<Tenant>,
+        req: proto::AuthServiceUpdateUserRequest,
+    ) -> Result<proto::AuthServiceUpdateUserResponse, AuthError> {
+        let (auth, tenant) = (self.auth.clone(), tenant.clone());
+        let user = to_completion(async move {
+            auth.update_user(&tenant, &req.user_id, &req.app_metadata)
+                .await
+        })
+        .await?;
+        Ok(proto::AuthServiceUpdateUserResponse {
+            user: Some(user_to_proto(user)),
         })
     }
 
@@ -357,6 +391,18 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A user as both services return it.
+pub(crate) fn user_to_proto(user: auth::User) -> proto::User {
+    proto::User {
+        id: user.id,
+        email: user.email,
+        created_at: Some(timestamp(user.created_at)),
+        updated_at: Some(timestamp(user.updated_at)),
+        disabled_at: user.disabled_at.map(timestamp),
+        app_metadata: user.app_metadata,
     }
 }
 

@@ -369,6 +369,7 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::AlreadyExists => StatusCode::CONFLICT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::UserDisabled => StatusCode::FORBIDDEN,
     }
 }
 

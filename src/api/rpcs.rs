@@ -41,6 +41,10 @@ macro_rules! gateway_rpcs {
                 -> RevokeAllSessionsResponse at "/sessions/revoke-all" also [];
             introspect_token IntrospectToken(IntrospectTokenRequest) -> IntrospectTokenResponse
                 at "/tokens/introspect" also [];
+            get_user GetUser(AuthServiceGetUserRequest) -> AuthServiceGetUserResponse
+                at "/users/get" also [404];
+            update_user UpdateUser(AuthServiceUpdateUserRequest) -> AuthServiceUpdateUserResponse
+                at "/users/update" also [404];
         }
     };
 }

@@ -161,22 +161,24 @@ impl AuthService {
                 }
             }
         };
-        tx.insert_session(&NewSession {
-            id: &session_id,
-            tenant_id: &tenant.id,
-            email: email.as_str(),
-            method,
-            code_hash: proofs.code_hash.as_ref().map(|h| h.as_slice()),
-            link_hash: proofs.link_hash.as_ref().map(|h| h.as_slice()),
-            proof_expires_at: expires_at,
-            client_ip: client_ip.map(|ip| ip.to_string()).as_deref(),
-            user_agent,
-            created_at: now,
-            validation_url: validation_url.as_ref().map(|u| u.as_str()),
-            locale,
-            mail_kind: kind,
-        })
-        .await?;
+        // A disabled user's address: the same again, its email suppressed.
+        let kind = tx
+            .insert_session(&NewSession {
+                id: &session_id,
+                tenant_id: &tenant.id,
+                email: email.as_str(),
+                method,
+                code_hash: proofs.code_hash.as_ref().map(|h| h.as_slice()),
+                link_hash: proofs.link_hash.as_ref().map(|h| h.as_slice()),
+                proof_expires_at: expires_at,
+                client_ip: client_ip.map(|ip| ip.to_string()).as_deref(),
+                user_agent,
+                created_at: now,
+                validation_url: validation_url.as_ref().map(|u| u.as_str()),
+                locale,
+                mail_kind: kind,
+            })
+            .await?;
         self.queue_mail(
             &mut tx,
             tenant,

@@ -20,6 +20,7 @@ pub mod settings;
 pub mod tenants;
 pub mod tokens;
 mod upkeep;
+pub mod users;
 mod verify;
 
 pub use crate::store::Method;
@@ -106,6 +107,12 @@ pub struct User {
     pub id: String,
     pub email: String,
     pub created_at: UnixMillis,
+    /// When its metadata last changed, or it was disabled or enabled.
+    pub updated_at: UnixMillis,
+    /// Set while the user may not log in.
+    pub disabled_at: Option<UnixMillis>,
+    /// A JSON object set by the app (`{}`: none), copied into access tokens.
+    pub app_metadata: String,
 }
 
 /// An access token and the refresh token that goes with it.
@@ -135,6 +142,7 @@ struct Inner {
     keys: KeyRings,
     tenants: Tenants,
     api_keys: ApiKeys,
+    users: users::Users,
     codes: CodeHasher,
     limit_keys: limits::KeyHasher,
     ceiling: limits::TenantCeiling,
@@ -180,6 +188,7 @@ impl AuthService {
                 limit_keys: limits::KeyHasher::new(kek.derive("rate-limit-keys")),
                 ceiling: limits::TenantCeiling::default(),
                 refusals: limits::Refusals::default(),
+                users: users::Users::new(store.clone(), clock.clone()),
                 store,
                 keys,
                 tenants,
@@ -206,6 +215,30 @@ impl AuthService {
 
     pub fn tenants(&self) -> &Tenants {
         &self.inner.tenants
+    }
+
+    /// A user of the caller's tenant, by id or else by address (another
+    /// tenant's user is not found).
+    pub async fn get_user(
+        &self,
+        tenant: &Tenant,
+        id: Option<&str>,
+        email: Option<&str>,
+    ) -> Result<User, AuthError> {
+        self.inner.users.get(&tenant.id, id, email).await
+    }
+
+    /// Replaces the metadata of a user of the caller's tenant.
+    pub async fn update_user(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        app_metadata: &str,
+    ) -> Result<User, AuthError> {
+        self.inner
+            .users
+            .update_metadata(&tenant.id, id, app_metadata)
+            .await
     }
 
     /// The caller's tenant, from an `authorization: Bearer <key>` value. Only

@@ -27,4 +27,7 @@ pub struct Policy {
     pub signup_policy: SignupPolicy,
     pub notify_unknown_address: bool,
     pub limits: limits::Limits,
+    /// Copied into every access token's `app_metadata` claim, under the
+    /// user's own metadata.
+    pub static_claims: serde_json::Map<String, serde_json::Value>,
 }

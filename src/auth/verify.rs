@@ -9,6 +9,7 @@ use super::{
     limits, secrets,
     secrets::RefreshToken,
     tenants::{SignupPolicy, Tenant},
+    tokens::Subject,
 };
 use crate::{
     clock::{UnixMillis, millis},
@@ -61,6 +62,7 @@ impl AuthService {
             Err(Refusal::Other(e)) => match e {
                 AuthError::CodeInvalid => "invalid",
                 AuthError::TooManyAttempts => "too_many_attempts",
+                AuthError::UserDisabled => "user_disabled",
                 AuthError::RateLimited(_) => "rate_limited",
                 AuthError::InvalidArgument { .. } => "bad_input",
                 _ => "error",
@@ -113,6 +115,11 @@ impl AuthService {
             return Err(match status {
                 Some(s) if s.end_reason == Some(SessionEnd::TooManyAttempts) => {
                     Refusal::Other(AuthError::TooManyAttempts)
+                }
+                // (Ended when the user was disabled: the caller already
+                // holds this login of theirs.)
+                Some(s) if s.end_reason == Some(SessionEnd::UserDisabled) => {
+                    Refusal::Other(AuthError::UserDisabled)
                 }
                 _ if expired => Refusal::Expired,
                 _ => Refusal::Other(AuthError::CodeInvalid),
@@ -228,6 +235,14 @@ impl AuthService {
                 }
             },
         };
+        if user.disabled_at.is_some() {
+            // The proof is used up all the same.
+            tx.end_session(&tenant.id, &session_id, SessionEnd::UserDisabled, now)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(user_id = %user.id, "login refused: user disabled");
+            return Err(AuthError::UserDisabled);
+        }
         let session_expires_at = now + millis(policy.session_ttl);
         if !tx
             .activate_session(&tenant.id, &session_id, &user.id, now, session_expires_at)
@@ -241,8 +256,11 @@ impl AuthService {
             .await?;
         let (access_token, expires_in) = self.sign_access_token(
             tenant,
-            &user.id,
-            &user.email,
+            Subject {
+                user_id: &user.id,
+                email: &user.email,
+                app_metadata: Some(&user.app_metadata),
+            },
             &session_id,
             now,
             session_expires_at,
@@ -256,11 +274,7 @@ impl AuthService {
                 expires_in,
                 refresh_token,
             },
-            user: User {
-                id: user.id,
-                email: user.email,
-                created_at: user.created_at,
-            },
+            user: User::from(user),
             session_id,
             new_user,
         })

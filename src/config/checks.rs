@@ -38,6 +38,7 @@ impl Settings {
                 failure_budget: s.verify_failure_budget,
                 backoff_max: s.verify_backoff_max,
             },
+            static_claims: serde_json::Map::new(),
         }
     }
 }

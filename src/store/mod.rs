@@ -50,6 +50,7 @@ mod outbox;
 mod refresh_tokens;
 mod sessions;
 mod tenants;
+mod users;
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
@@ -70,9 +71,10 @@ pub use outbox::{
 pub use refresh_tokens::{ActiveSession, RotatedRefreshToken};
 pub use sessions::{
     CodeAttempt, LinkedSession, Method, NewSession, PendingSession, SessionEnd, SessionRow,
-    SessionStage, SessionStatus, UserRow,
+    SessionStage, SessionStatus,
 };
 pub use tenants::{ApiKeyRow, Counter, TenantRow};
+pub use users::{UserQuery, UserRow};
 
 use deadline::{Deadline, Stalls};
 

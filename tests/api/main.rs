@@ -28,3 +28,4 @@ mod server;
 mod sessions;
 mod store;
 mod tenants;
+mod users;

@@ -58,6 +58,14 @@ type AuthServiceClient interface {
 	// its access tokens expire. A bad or foreign token is inactive, not an
 	// error.
 	IntrospectToken(ctx context.Context, in *IntrospectTokenRequest, opts ...grpc.CallOption) (*IntrospectTokenResponse, error)
+	// A user of the caller's tenant, by id or by address. A user of another
+	// tenant answers NOT_FOUND, as a missing one does.
+	GetUser(ctx context.Context, in *AuthServiceGetUserRequest, opts ...grpc.CallOption) (*AuthServiceGetUserResponse, error)
+	// Replaces a user's `app_metadata`: a JSON object of at most 2 KB that
+	// every access token issued from then on carries in its `app_metadata`
+	// claim (with the tenant's static claims). Only users of the caller's
+	// tenant; another tenant's user answers NOT_FOUND.
+	UpdateUser(ctx context.Context, in *AuthServiceUpdateUserRequest, opts ...grpc.CallOption) (*AuthServiceUpdateUserResponse, error)
 	// Returns the public keys that verify one tenant's access tokens (RFC 7517
 	// JSON Web Keys). Public: needs no API key. Each tenant signs with keys of
 	// its own, so a token of one tenant never verifies with another's set. A
@@ -158,6 +166,24 @@ func (c *authServiceClient) IntrospectToken(ctx context.Context, in *IntrospectT
 	return out, nil
 }
 
+func (c *authServiceClient) GetUser(ctx context.Context, in *AuthServiceGetUserRequest, opts ...grpc.CallOption) (*AuthServiceGetUserResponse, error) {
+	out := new(AuthServiceGetUserResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/GetUser", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authServiceClient) UpdateUser(ctx context.Context, in *AuthServiceUpdateUserRequest, opts ...grpc.CallOption) (*AuthServiceUpdateUserResponse, error) {
+	out := new(AuthServiceUpdateUserResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/UpdateUser", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *authServiceClient) GetJwks(ctx context.Context, in *GetJwksRequest, opts ...grpc.CallOption) (*GetJwksResponse, error) {
 	out := new(GetJwksResponse)
 	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/GetJwks", in, out, opts...)
@@ -212,6 +238,14 @@ type AuthServiceServer interface {
 	// its access tokens expire. A bad or foreign token is inactive, not an
 	// error.
 	IntrospectToken(context.Context, *IntrospectTokenRequest) (*IntrospectTokenResponse, error)
+	// A user of the caller's tenant, by id or by address. A user of another
+	// tenant answers NOT_FOUND, as a missing one does.
+	GetUser(context.Context, *AuthServiceGetUserRequest) (*AuthServiceGetUserResponse, error)
+	// Replaces a user's `app_metadata`: a JSON object of at most 2 KB that
+	// every access token issued from then on carries in its `app_metadata`
+	// claim (with the tenant's static claims). Only users of the caller's
+	// tenant; another tenant's user answers NOT_FOUND.
+	UpdateUser(context.Context, *AuthServiceUpdateUserRequest) (*AuthServiceUpdateUserResponse, error)
 	// Returns the public keys that verify one tenant's access tokens (RFC 7517
 	// JSON Web Keys). Public: needs no API key. Each tenant signs with keys of
 	// its own, so a token of one tenant never verifies with another's set. A
@@ -254,6 +288,12 @@ func (UnimplementedAuthServiceServer) RevokeAllSessions(context.Context, *Revoke
 }
 func (UnimplementedAuthServiceServer) IntrospectToken(context.Context, *IntrospectTokenRequest) (*IntrospectTokenResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method IntrospectToken not implemented")
+}
+func (UnimplementedAuthServiceServer) GetUser(context.Context, *AuthServiceGetUserRequest) (*AuthServiceGetUserResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetUser not implemented")
+}
+func (UnimplementedAuthServiceServer) UpdateUser(context.Context, *AuthServiceUpdateUserRequest) (*AuthServiceUpdateUserResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateUser not implemented")
 }
 func (UnimplementedAuthServiceServer) GetJwks(context.Context, *GetJwksRequest) (*GetJwksResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetJwks not implemented")
@@ -433,6 +473,42 @@ func _AuthService_IntrospectToken_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuthService_GetUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthServiceGetUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).GetUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/GetUser",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).GetUser(ctx, req.(*AuthServiceGetUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuthService_UpdateUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthServiceUpdateUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).UpdateUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/UpdateUser",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).UpdateUser(ctx, req.(*AuthServiceUpdateUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AuthService_GetJwks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetJwksRequest)
 	if err := dec(in); err != nil {
@@ -490,6 +566,14 @@ var _AuthService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "IntrospectToken",
 			Handler:    _AuthService_IntrospectToken_Handler,
+		},
+		{
+			MethodName: "GetUser",
+			Handler:    _AuthService_GetUser_Handler,
+		},
+		{
+			MethodName: "UpdateUser",
+			Handler:    _AuthService_UpdateUser_Handler,
 		},
 		{
 			MethodName: "GetJwks",

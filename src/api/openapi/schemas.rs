@@ -68,6 +68,20 @@ fn request_constraints(message: &str) -> Vec<(&'static str, Value)> {
             vec![("sessionId", json!({ "format": "uuid" }))]
         }
         "ListSessionsRequest" => vec![("userId", json!({ "format": "uuid" }))],
+        "AuthServiceGetUserRequest" => vec![
+            (
+                "userId",
+                json!({ "anyOf": [{ "const": "" }, { "format": "uuid" }] }),
+            ),
+            ("email", json!({ "maxLength": email::MAX_EMAIL_LEN })),
+        ],
+        "AuthServiceUpdateUserRequest" => vec![
+            ("userId", json!({ "format": "uuid" })),
+            (
+                "appMetadata",
+                json!({ "minLength": 2, "maxLength": 8 * auth::users::MAX_METADATA_BYTES }),
+            ),
+        ],
         "RevokeAllSessionsRequest" => vec![
             ("userId", json!({ "format": "uuid" })),
             (
@@ -101,6 +115,7 @@ fn request_required(message: &str) -> &'static [&'static str] {
         "ResendCodeRequest" | "RevokeSessionRequest" => &["sessionId"],
         "ListSessionsRequest" | "RevokeAllSessionsRequest" => &["userId"],
         "IntrospectTokenRequest" => &["token"],
+        "AuthServiceUpdateUserRequest" => &["userId", "appMetadata"],
         _ => &[],
     }
 }
@@ -111,6 +126,7 @@ fn response_optional(message: &str) -> &'static [&'static str] {
     match message {
         "Session" => &["lastRefreshedAt", "endedAt"],
         "IntrospectTokenResponse" => &["claims"],
+        "User" => &["disabledAt"],
         _ => &[],
     }
 }

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from latchkey.v1 import auth_pb2 as latchkey_dot_v1_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17latchkey/v1/admin.proto\x12\x0blatchkey.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\t\n\x0eTenantSettings\x12\x1b\n\x06issuer\x18\x01 \x01(\tH\x00R\x06issuer\x88\x01\x01\x12\x1f\n\x08\x61udience\x18\x02 \x01(\tH\x01R\x08\x61udience\x88\x01\x01\x12<\n\x18\x61\x63\x63\x65ss_token_ttl_seconds\x18\x03 \x01(\rH\x02R\x15\x61\x63\x63\x65ssTokenTtlSeconds\x88\x01\x01\x12\x33\n\x13session_ttl_seconds\x18\x04 \x01(\rH\x03R\x11sessionTtlSeconds\x88\x01\x01\x12$\n\x0b\x63ode_length\x18\x05 \x01(\rH\x04R\ncodeLength\x88\x01\x01\x12-\n\x10\x63ode_ttl_seconds\x18\x06 \x01(\rH\x05R\x0e\x63odeTtlSeconds\x88\x01\x01\x12/\n\x11\x63ode_max_attempts\x18\x07 \x01(\rH\x06R\x0f\x63odeMaxAttempts\x88\x01\x01\x12 \n\tmail_from\x18\x08 \x01(\tH\x07R\x08mailFrom\x88\x01\x01\x12\x1e\n\x08\x61pp_name\x18\t \x01(\tH\x08R\x07\x61ppName\x88\x01\x01\x12\x36\n\x17\x61llowed_validation_urls\x18\n \x03(\tR\x15\x61llowedValidationUrls\x12*\n\x0e\x64\x65\x66\x61ult_locale\x18\x0b \x01(\tH\tR\rdefaultLocale\x88\x01\x01\x12>\n\rsignup_policy\x18\x0c \x01(\x0e\x32\x19.latchkey.v1.SignupPolicyR\x0csignupPolicy\x12\x39\n\x16notify_unknown_address\x18\r \x01(\x08H\nR\x14notifyUnknownAddress\x88\x01\x01\x12\x39\n\x16\x64\x65\x66\x61ult_validation_url\x18\x0e \x01(\tH\x0bR\x14\x64\x65\x66\x61ultValidationUrl\x88\x01\x01\x12-\n\x10rate_limit_email\x18\x0f \x01(\rH\x0cR\x0erateLimitEmail\x88\x01\x01\x12\'\n\rrate_limit_ip\x18\x10 \x01(\rH\rR\x0brateLimitIp\x88\x01\x01\x12/\n\x11rate_limit_tenant\x18\x11 \x01(\rH\x0eR\x0frateLimitTenant\x88\x01\x01\x12\x37\n\x15verify_failure_budget\x18\x12 \x01(\rH\x0fR\x13verifyFailureBudget\x88\x01\x01\x42\t\n\x07_issuerB\x0b\n\t_audienceB\x1b\n\x19_access_token_ttl_secondsB\x16\n\x14_session_ttl_secondsB\x0e\n\x0c_code_lengthB\x13\n\x11_code_ttl_secondsB\x14\n\x12_code_max_attemptsB\x0c\n\n_mail_fromB\x0b\n\t_app_nameB\x11\n\x0f_default_localeB\x19\n\x17_notify_unknown_addressB\x19\n\x17_default_validation_urlB\x13\n\x11_rate_limit_emailB\x10\n\x0e_rate_limit_ipB\x14\n\x12_rate_limit_tenantB\x18\n\x16_verify_failure_budget\"\xdb\x01\n\x06Tenant\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\x7f\n\x13\x43reateTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\"\xe9\x01\n\x14\x43reateTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\x14\n\x12ListTenantsRequest\"D\n\x13ListTenantsResponse\x12-\n\x07tenants\x18\x01 \x03(\x0b\x32\x13.latchkey.v1.TenantR\x07tenants\"/\n\x10GetTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"\xe6\x01\n\x11GetTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\xb4\x01\n\x13UpdateTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12%\n\x0e\x63lear_settings\x18\x04 \x03(\tR\rclearSettingsB\x07\n\x05_name\"\xe9\x01\n\x14UpdateTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\xf0\x02\n\x06\x41piKey\x12\x16\n\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12.\n\x05scope\x18\x04 \x01(\x0e\x32\x18.latchkey.v1.ApiKeyScopeR\x05scope\x12\x39\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x39\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\trevokedAt\x12<\n\x0clast_used_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\"\xb1\x01\n\x13\x43reateApiKeyRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12.\n\x05scope\x18\x03 \x01(\x0e\x32\x18.latchkey.v1.ApiKeyScopeR\x05scope\x12\x39\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\"V\n\x14\x43reateApiKeyResponse\x12,\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.latchkey.v1.ApiKeyR\x06\x61piKey\x12\x10\n\x03key\x18\x02 \x01(\tR\x03key\"1\n\x12ListApiKeysRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"E\n\x13ListApiKeysResponse\x12.\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x13.latchkey.v1.ApiKeyR\x07\x61piKeys\"-\n\x13RevokeApiKeyRequest\x12\x16\n\x06prefix\x18\x01 \x01(\tR\x06prefix\"\x16\n\x14RevokeApiKeyResponse\"\\\n\x0eGetUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x14\n\x05\x65mail\x18\x03 \x01(\tR\x05\x65mail\"r\n\x0fGetUserResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x65mail\x18\x02 \x01(\tR\x05\x65mail\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\"I\n\x11\x44\x65leteUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\"\x14\n\x12\x44\x65leteUserResponse*n\n\x0cSignupPolicy\x12\x1d\n\x19SIGNUP_POLICY_UNSPECIFIED\x10\x00\x12!\n\x1dSIGNUP_POLICY_LOGIN_OR_CREATE\x10\x01\x12\x1c\n\x18SIGNUP_POLICY_LOGIN_ONLY\x10\x02*\\\n\x0b\x41piKeyScope\x12\x1d\n\x19\x41PI_KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41PI_KEY_SCOPE_APP\x10\x01\x12\x17\n\x13\x41PI_KEY_SCOPE_ADMIN\x10\x02\x32\xe7\x05\n\x0c\x41\x64minService\x12S\n\x0c\x43reateTenant\x12 .latchkey.v1.CreateTenantRequest\x1a!.latchkey.v1.CreateTenantResponse\x12P\n\x0bListTenants\x12\x1f.latchkey.v1.ListTenantsRequest\x1a .latchkey.v1.ListTenantsResponse\x12J\n\tGetTenant\x12\x1d.latchkey.v1.GetTenantRequest\x1a\x1e.latchkey.v1.GetTenantResponse\x12S\n\x0cUpdateTenant\x12 .latchkey.v1.UpdateTenantRequest\x1a!.latchkey.v1.UpdateTenantResponse\x12S\n\x0c\x43reateApiKey\x12 .latchkey.v1.CreateApiKeyRequest\x1a!.latchkey.v1.CreateApiKeyResponse\x12P\n\x0bListApiKeys\x12\x1f.latchkey.v1.ListApiKeysRequest\x1a .latchkey.v1.ListApiKeysResponse\x12S\n\x0cRevokeApiKey\x12 .latchkey.v1.RevokeApiKeyRequest\x1a!.latchkey.v1.RevokeApiKeyResponse\x12\x44\n\x07GetUser\x12\x1b.latchkey.v1.GetUserRequest\x1a\x1c.latchkey.v1.GetUserResponse\x12M\n\nDeleteUser\x12\x1e.latchkey.v1.DeleteUserRequest\x1a\x1f.latchkey.v1.DeleteUserResponseB\x8f\x01\n\x0f\x64\x65v.latchkey.v1B\nAdminProtoP\x01Z=github.com/latchkey/latchkey/clients/go/latchkeyv1;latchkeyv1\xa2\x02\x03LTK\xaa\x02\x0bLatchkey.V1\xca\x02\x0bLatchkey\\V1\xea\x02\x0cLatchkey::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17latchkey/v1/admin.proto\x12\x0blatchkey.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16latchkey/v1/auth.proto\"\xe4\t\n\x0eTenantSettings\x12\x1b\n\x06issuer\x18\x01 \x01(\tH\x00R\x06issuer\x88\x01\x01\x12\x1f\n\x08\x61udience\x18\x02 \x01(\tH\x01R\x08\x61udience\x88\x01\x01\x12<\n\x18\x61\x63\x63\x65ss_token_ttl_seconds\x18\x03 \x01(\rH\x02R\x15\x61\x63\x63\x65ssTokenTtlSeconds\x88\x01\x01\x12\x33\n\x13session_ttl_seconds\x18\x04 \x01(\rH\x03R\x11sessionTtlSeconds\x88\x01\x01\x12$\n\x0b\x63ode_length\x18\x05 \x01(\rH\x04R\ncodeLength\x88\x01\x01\x12-\n\x10\x63ode_ttl_seconds\x18\x06 \x01(\rH\x05R\x0e\x63odeTtlSeconds\x88\x01\x01\x12/\n\x11\x63ode_max_attempts\x18\x07 \x01(\rH\x06R\x0f\x63odeMaxAttempts\x88\x01\x01\x12 \n\tmail_from\x18\x08 \x01(\tH\x07R\x08mailFrom\x88\x01\x01\x12\x1e\n\x08\x61pp_name\x18\t \x01(\tH\x08R\x07\x61ppName\x88\x01\x01\x12\x36\n\x17\x61llowed_validation_urls\x18\n \x03(\tR\x15\x61llowedValidationUrls\x12*\n\x0e\x64\x65\x66\x61ult_locale\x18\x0b \x01(\tH\tR\rdefaultLocale\x88\x01\x01\x12>\n\rsignup_policy\x18\x0c \x01(\x0e\x32\x19.latchkey.v1.SignupPolicyR\x0csignupPolicy\x12\x39\n\x16notify_unknown_address\x18\r \x01(\x08H\nR\x14notifyUnknownAddress\x88\x01\x01\x12\x39\n\x16\x64\x65\x66\x61ult_validation_url\x18\x0e \x01(\tH\x0bR\x14\x64\x65\x66\x61ultValidationUrl\x88\x01\x01\x12-\n\x10rate_limit_email\x18\x0f \x01(\rH\x0cR\x0erateLimitEmail\x88\x01\x01\x12\'\n\rrate_limit_ip\x18\x10 \x01(\rH\rR\x0brateLimitIp\x88\x01\x01\x12/\n\x11rate_limit_tenant\x18\x11 \x01(\rH\x0eR\x0frateLimitTenant\x88\x01\x01\x12\x37\n\x15verify_failure_budget\x18\x12 \x01(\rH\x0fR\x13verifyFailureBudget\x88\x01\x01\x12(\n\rstatic_claims\x18\x13 \x01(\tH\x10R\x0cstaticClaims\x88\x01\x01\x42\t\n\x07_issuerB\x0b\n\t_audienceB\x1b\n\x19_access_token_ttl_secondsB\x16\n\x14_session_ttl_secondsB\x0e\n\x0c_code_lengthB\x13\n\x11_code_ttl_secondsB\x14\n\x12_code_max_attemptsB\x0c\n\n_mail_fromB\x0b\n\t_app_nameB\x11\n\x0f_default_localeB\x19\n\x17_notify_unknown_addressB\x19\n\x17_default_validation_urlB\x13\n\x11_rate_limit_emailB\x10\n\x0e_rate_limit_ipB\x14\n\x12_rate_limit_tenantB\x18\n\x16_verify_failure_budgetB\x10\n\x0e_static_claims\"\xdb\x01\n\x06Tenant\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\x7f\n\x13\x43reateTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\"\xe9\x01\n\x14\x43reateTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\x14\n\x12ListTenantsRequest\"D\n\x13ListTenantsResponse\x12-\n\x07tenants\x18\x01 \x03(\x0b\x32\x13.latchkey.v1.TenantR\x07tenants\"/\n\x10GetTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"\xe6\x01\n\x11GetTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\xb4\x01\n\x13UpdateTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12%\n\x0e\x63lear_settings\x18\x04 \x03(\tR\rclearSettingsB\x07\n\x05_name\"\xe9\x01\n\x14UpdateTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\xf0\x02\n\x06\x41piKey\x12\x16\n\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12.\n\x05scope\x18\x04 \x01(\x0e\x32\x18.latchkey.v1.ApiKeyScopeR\x05scope\x12\x39\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x39\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\trevokedAt\x12<\n\x0clast_used_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\"\xb1\x01\n\x13\x43reateApiKeyRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12.\n\x05scope\x18\x03 \x01(\x0e\x32\x18.latchkey.v1.ApiKeyScopeR\x05scope\x12\x39\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\"V\n\x14\x43reateApiKeyResponse\x12,\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.latchkey.v1.ApiKeyR\x06\x61piKey\x12\x10\n\x03key\x18\x02 \x01(\tR\x03key\"1\n\x12ListApiKeysRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"E\n\x13ListApiKeysResponse\x12.\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x13.latchkey.v1.ApiKeyR\x07\x61piKeys\"-\n\x13RevokeApiKeyRequest\x12\x16\n\x06prefix\x18\x01 \x01(\tR\x06prefix\"\x16\n\x14RevokeApiKeyResponse\"\\\n\x0eGetUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x14\n\x05\x65mail\x18\x03 \x01(\tR\x05\x65mail\"\x8d\x02\n\x0fGetUserResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x65mail\x18\x02 \x01(\tR\x05\x65mail\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12;\n\x0b\x64isabled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ndisabledAt\x12!\n\x0c\x61pp_metadata\x18\x06 \x01(\tR\x0b\x61ppMetadata\"\x92\x02\n\x10ListUsersRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12!\n\x0c\x65mail_prefix\x18\x02 \x01(\tR\x0b\x65mailPrefix\x12?\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0c\x63reatedAfter\x12\x41\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rcreatedBefore\x12\x1b\n\tpage_size\x18\x05 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x06 \x01(\tR\tpageToken\"d\n\x11ListUsersResponse\x12\'\n\x05users\x18\x01 \x03(\x0b\x32\x11.latchkey.v1.UserR\x05users\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"l\n\x11UpdateUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12!\n\x0c\x61pp_metadata\x18\x03 \x01(\tR\x0b\x61ppMetadata\";\n\x12UpdateUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x11.latchkey.v1.UserR\x04user\"J\n\x12\x44isableUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\"_\n\x13\x44isableUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x11.latchkey.v1.UserR\x04user\x12!\n\x0c\x65nded_logins\x18\x02 \x01(\rR\x0b\x65ndedLogins\"I\n\x11\x45nableUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\";\n\x12\x45nableUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x11.latchkey.v1.UserR\x04user\"I\n\x11\x44\x65leteUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\"\x14\n\x12\x44\x65leteUserResponse*n\n\x0cSignupPolicy\x12\x1d\n\x19SIGNUP_POLICY_UNSPECIFIED\x10\x00\x12!\n\x1dSIGNUP_POLICY_LOGIN_OR_CREATE\x10\x01\x12\x1c\n\x18SIGNUP_POLICY_LOGIN_ONLY\x10\x02*\\\n\x0b\x41piKeyScope\x12\x1d\n\x19\x41PI_KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41PI_KEY_SCOPE_APP\x10\x01\x12\x17\n\x13\x41PI_KEY_SCOPE_ADMIN\x10\x02\x32\xa3\x08\n\x0c\x41\x64minService\x12S\n\x0c\x43reateTenant\x12 .latchkey.v1.CreateTenantRequest\x1a!.latchkey.v1.CreateTenantResponse\x12P\n\x0bListTenants\x12\x1f.latchkey.v1.ListTenantsRequest\x1a .latchkey.v1.ListTenantsResponse\x12J\n\tGetTenant\x12\x1d.latchkey.v1.GetTenantRequest\x1a\x1e.latchkey.v1.GetTenantResponse\x12S\n\x0cUpdateTenant\x12 .latchkey.v1.UpdateTenantRequest\x1a!.latchkey.v1.UpdateTenantResponse\x12S\n\x0c\x43reateApiKey\x12 .latchkey.v1.CreateApiKeyRequest\x1a!.latchkey.v1.CreateApiKeyResponse\x12P\n\x0bListApiKeys\x12\x1f.latchkey.v1.ListApiKeysRequest\x1a .latchkey.v1.ListApiKeysResponse\x12S\n\x0cRevokeApiKey\x12 .latchkey.v1.RevokeApiKeyRequest\x1a!.latchkey.v1.RevokeApiKeyResponse\x12\x44\n\x07GetUser\x12\x1b.latchkey.v1.GetUserRequest\x1a\x1c.latchkey.v1.GetUserResponse\x12J\n\tListUsers\x12\x1d.latchkey.v1.ListUsersRequest\x1a\x1e.latchkey.v1.ListUsersResponse\x12M\n\nUpdateUser\x12\x1e.latchkey.v1.UpdateUserRequest\x1a\x1f.latchkey.v1.UpdateUserResponse\x12P\n\x0b\x44isableUser\x12\x1f.latchkey.v1.DisableUserRequest\x1a .latchkey.v1.DisableUserResponse\x12M\n\nEnableUser\x12\x1e.latchkey.v1.EnableUserRequest\x1a\x1f.latchkey.v1.EnableUserResponse\x12M\n\nDeleteUser\x12\x1e.latchkey.v1.DeleteUserRequest\x1a\x1f.latchkey.v1.DeleteUserResponseB\x8f\x01\n\x0f\x64\x65v.latchkey.v1B\nAdminProtoP\x01Z=github.com/latchkey/latchkey/clients/go/latchkeyv1;latchkeyv1\xa2\x02\x03LTK\xaa\x02\x0bLatchkey.V1\xca\x02\x0bLatchkey\\V1\xea\x02\x0cLatchkey::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,52 +34,68 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latchkey.v1.admin_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.latchkey.v1B\nAdminProtoP\001Z=github.com/latchkey/latchkey/clients/go/latchkeyv1;latchkeyv1\242\002\003LTK\252\002\013Latchkey.V1\312\002\013Latchkey\\V1\352\002\014Latchkey::V1'
-  _globals['_SIGNUPPOLICY']._serialized_start=3787
-  _globals['_SIGNUPPOLICY']._serialized_end=3897
-  _globals['_APIKEYSCOPE']._serialized_start=3899
-  _globals['_APIKEYSCOPE']._serialized_end=3991
-  _globals['_TENANTSETTINGS']._serialized_start=74
-  _globals['_TENANTSETTINGS']._serialized_end=1266
-  _globals['_TENANT']._serialized_start=1269
-  _globals['_TENANT']._serialized_end=1488
-  _globals['_CREATETENANTREQUEST']._serialized_start=1490
-  _globals['_CREATETENANTREQUEST']._serialized_end=1617
-  _globals['_CREATETENANTRESPONSE']._serialized_start=1620
-  _globals['_CREATETENANTRESPONSE']._serialized_end=1853
-  _globals['_LISTTENANTSREQUEST']._serialized_start=1855
-  _globals['_LISTTENANTSREQUEST']._serialized_end=1875
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=1877
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=1945
-  _globals['_GETTENANTREQUEST']._serialized_start=1947
-  _globals['_GETTENANTREQUEST']._serialized_end=1994
-  _globals['_GETTENANTRESPONSE']._serialized_start=1997
-  _globals['_GETTENANTRESPONSE']._serialized_end=2227
-  _globals['_UPDATETENANTREQUEST']._serialized_start=2230
-  _globals['_UPDATETENANTREQUEST']._serialized_end=2410
-  _globals['_UPDATETENANTRESPONSE']._serialized_start=2413
-  _globals['_UPDATETENANTRESPONSE']._serialized_end=2646
-  _globals['_APIKEY']._serialized_start=2649
-  _globals['_APIKEY']._serialized_end=3017
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=3020
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=3197
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=3199
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=3285
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=3287
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=3336
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=3338
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=3407
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=3409
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=3454
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=3456
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=3478
-  _globals['_GETUSERREQUEST']._serialized_start=3480
-  _globals['_GETUSERREQUEST']._serialized_end=3572
-  _globals['_GETUSERRESPONSE']._serialized_start=3574
-  _globals['_GETUSERRESPONSE']._serialized_end=3688
-  _globals['_DELETEUSERREQUEST']._serialized_start=3690
-  _globals['_DELETEUSERREQUEST']._serialized_end=3763
-  _globals['_DELETEUSERRESPONSE']._serialized_start=3765
-  _globals['_DELETEUSERRESPONSE']._serialized_end=3785
-  _globals['_ADMINSERVICE']._serialized_start=3994
-  _globals['_ADMINSERVICE']._serialized_end=4737
+  _globals['_SIGNUPPOLICY']._serialized_start=4886
+  _globals['_SIGNUPPOLICY']._serialized_end=4996
+  _globals['_APIKEYSCOPE']._serialized_start=4998
+  _globals['_APIKEYSCOPE']._serialized_end=5090
+  _globals['_TENANTSETTINGS']._serialized_start=98
+  _globals['_TENANTSETTINGS']._serialized_end=1350
+  _globals['_TENANT']._serialized_start=1353
+  _globals['_TENANT']._serialized_end=1572
+  _globals['_CREATETENANTREQUEST']._serialized_start=1574
+  _globals['_CREATETENANTREQUEST']._serialized_end=1701
+  _globals['_CREATETENANTRESPONSE']._serialized_start=1704
+  _globals['_CREATETENANTRESPONSE']._serialized_end=1937
+  _globals['_LISTTENANTSREQUEST']._serialized_start=1939
+  _globals['_LISTTENANTSREQUEST']._serialized_end=1959
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=1961
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=2029
+  _globals['_GETTENANTREQUEST']._serialized_start=2031
+  _globals['_GETTENANTREQUEST']._serialized_end=2078
+  _globals['_GETTENANTRESPONSE']._serialized_start=2081
+  _globals['_GETTENANTRESPONSE']._serialized_end=2311
+  _globals['_UPDATETENANTREQUEST']._serialized_start=2314
+  _globals['_UPDATETENANTREQUEST']._serialized_end=2494
+  _globals['_UPDATETENANTRESPONSE']._serialized_start=2497
+  _globals['_UPDATETENANTRESPONSE']._serialized_end=2730
+  _globals['_APIKEY']._serialized_start=2733
+  _globals['_APIKEY']._serialized_end=3101
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=3104
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=3281
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=3283
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=3369
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=3371
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=3420
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=3422
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=3491
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=3493
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=3538
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=3540
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=3562
+  _globals['_GETUSERREQUEST']._serialized_start=3564
+  _globals['_GETUSERREQUEST']._serialized_end=3656
+  _globals['_GETUSERRESPONSE']._serialized_start=3659
+  _globals['_GETUSERRESPONSE']._serialized_end=3928
+  _globals['_LISTUSERSREQUEST']._serialized_start=3931
+  _globals['_LISTUSERSREQUEST']._serialized_end=4205
+  _globals['_LISTUSERSRESPONSE']._serialized_start=4207
+  _globals['_LISTUSERSRESPONSE']._serialized_end=4307
+  _globals['_UPDATEUSERREQUEST']._serialized_start=4309
+  _globals['_UPDATEUSERREQUEST']._serialized_end=4417
+  _globals['_UPDATEUSERRESPONSE']._serialized_start=4419
+  _globals['_UPDATEUSERRESPONSE']._serialized_end=4478
+  _globals['_DISABLEUSERREQUEST']._serialized_start=4480
+  _globals['_DISABLEUSERREQUEST']._serialized_end=4554
+  _globals['_DISABLEUSERRESPONSE']._serialized_start=4556
+  _globals['_DISABLEUSERRESPONSE']._serialized_end=4651
+  _globals['_ENABLEUSERREQUEST']._serialized_start=4653
+  _globals['_ENABLEUSERREQUEST']._serialized_end=4726
+  _globals['_ENABLEUSERRESPONSE']._serialized_start=4728
+  _globals['_ENABLEUSERRESPONSE']._serialized_end=4787
+  _globals['_DELETEUSERREQUEST']._serialized_start=4789
+  _globals['_DELETEUSERREQUEST']._serialized_end=4862
+  _globals['_DELETEUSERRESPONSE']._serialized_start=4864
+  _globals['_DELETEUSERRESPONSE']._serialized_end=4884
+  _globals['_ADMINSERVICE']._serialized_start=5093
+  _globals['_ADMINSERVICE']._serialized_end=6152
 # @@protoc_insertion_point(module_scope)

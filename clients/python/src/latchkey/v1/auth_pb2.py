@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16latchkey/v1/auth.proto\x12\x0blatchkey.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\nClientInfo\x12\x0e\n\x02ip\x18\x01 \x01(\tR\x02ip\x12\x1d\n\nuser_agent\x18\x02 \x01(\tR\tuserAgent\"\xee\x01\n\x10StartAuthRequest\x12\x14\n\x05\x65mail\x18\x01 \x01(\tR\x05\x65mail\x12+\n\x06method\x18\x02 \x01(\x0e\x32\x13.latchkey.v1.MethodR\x06method\x12%\n\x0evalidation_url\x18\x03 \x01(\tR\rvalidationUrl\x12/\n\x06\x63lient\x18\x04 \x01(\x0b\x32\x17.latchkey.v1.ClientInfoR\x06\x63lient\x12\x16\n\x06locale\x18\x05 \x01(\tR\x06locale\x12\'\n\x0fidempotency_key\x18\x06 \x01(\tR\x0eidempotencyKey\"\x8e\x01\n\x11StartAuthResponse\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x39\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1f\n\x0b\x63ode_length\x18\x03 \x01(\rR\ncodeLength\"a\n\rVerifyRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x12\n\x04\x63ode\x18\x02 \x01(\tR\x04\x63ode\x12\x1d\n\nlink_token\x18\x03 \x01(\tR\tlinkToken\"\xea\x01\n\x0eVerifyResponse\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n\ntoken_type\x18\x02 \x01(\tR\ttokenType\x12\x1d\n\nexpires_in\x18\x03 \x01(\x05R\texpiresIn\x12#\n\rrefresh_token\x18\x04 \x01(\tR\x0crefreshToken\x12%\n\x04user\x18\x05 \x01(\x0b\x32\x11.latchkey.v1.UserR\x04user\x12\x1d\n\nsession_id\x18\x06 \x01(\tR\tsessionId\x12\x19\n\x08new_user\x18\x07 \x01(\x08R\x07newUser\"g\n\x04User\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x65mail\x18\x02 \x01(\tR\x05\x65mail\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\"5\n\x0eRefreshRequest\x12#\n\rrefresh_token\x18\x01 \x01(\tR\x0crefreshToken\"\x8a\x01\n\x0fRefreshResponse\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n\ntoken_type\x18\x02 \x01(\tR\ttokenType\x12\x1d\n\nexpires_in\x18\x03 \x01(\x05R\texpiresIn\x12#\n\rrefresh_token\x18\x04 \x01(\tR\x0crefreshToken\"S\n\rRevokeRequest\x12#\n\rrefresh_token\x18\x01 \x01(\tR\x0crefreshToken\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\"\x10\n\x0eRevokeResponse\"-\n\x0eGetJwksRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"7\n\x0fGetJwksResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x10.latchkey.v1.JwkR\x04keys\"\x97\x01\n\x03Jwk\x12\x10\n\x03kty\x18\x01 \x01(\tR\x03kty\x12\x10\n\x03\x63rv\x18\x02 \x01(\tR\x03\x63rv\x12\x0c\n\x01x\x18\x03 \x01(\tR\x01x\x12\x0c\n\x01y\x18\x04 \x01(\tR\x01y\x12\x0c\n\x01n\x18\x05 \x01(\tR\x01n\x12\x0c\n\x01\x65\x18\x06 \x01(\tR\x01\x65\x12\x10\n\x03kid\x18\x07 \x01(\tR\x03kid\x12\x10\n\x03\x61lg\x18\x08 \x01(\tR\x03\x61lg\x12\x10\n\x03use\x18\t \x01(\tR\x03use\"2\n\x11ResendCodeRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\"\x8f\x01\n\x12ResendCodeResponse\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x39\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1f\n\x0b\x63ode_length\x18\x03 \x01(\rR\ncodeLength\".\n\x13ListSessionsRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\"H\n\x14ListSessionsResponse\x12\x30\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.latchkey.v1.SessionR\x08sessions\"\xcc\x03\n\x07Session\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12/\n\x05state\x18\x02 \x01(\x0e\x32\x19.latchkey.v1.SessionStateR\x05state\x12\x1d\n\nend_reason\x18\x03 \x01(\tR\tendReason\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12;\n\x0bverified_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nverifiedAt\x12\x46\n\x11last_refreshed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0flastRefreshedAt\x12\x39\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x35\n\x08\x65nded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndedAt\x12/\n\x06\x63lient\x18\t \x01(\x0b\x32\x17.latchkey.v1.ClientInfoR\x06\x63lient\"5\n\x14RevokeSessionRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\"\x17\n\x15RevokeSessionResponse\"_\n\x18RevokeAllSessionsRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12*\n\x11\x65xcept_session_id\x18\x02 \x01(\tR\x0f\x65xceptSessionId\"5\n\x19RevokeAllSessionsResponse\x12\x18\n\x07revoked\x18\x01 \x01(\rR\x07revoked\".\n\x16IntrospectTokenRequest\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\"\x88\x01\n\x17IntrospectTokenResponse\x12\x16\n\x06\x61\x63tive\x18\x01 \x01(\x08R\x06\x61\x63tive\x12\x30\n\x06\x63laims\x18\x02 \x01(\x0b\x32\x18.latchkey.v1.TokenClaimsR\x06\x63laims\x12#\n\rsession_ended\x18\x03 \x01(\x08R\x0csessionEnded\"\x99\x02\n\x0bTokenClaims\x12\x10\n\x03iss\x18\x01 \x01(\tR\x03iss\x12\x10\n\x03\x61ud\x18\x02 \x01(\tR\x03\x61ud\x12\x10\n\x03sub\x18\x03 \x01(\tR\x03sub\x12\x14\n\x05\x65mail\x18\x04 \x01(\tR\x05\x65mail\x12\x10\n\x03sid\x18\x05 \x01(\tR\x03sid\x12\x10\n\x03tid\x18\x06 \x01(\tR\x03tid\x12,\n\x03iat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03iat\x12,\n\x03nbf\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03nbf\x12,\n\x03\x65xp\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03\x65xp\x12\x10\n\x03jti\x18\n \x01(\tR\x03jti*\\\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMETHOD_CODE\x10\x01\x12\x0f\n\x0bMETHOD_LINK\x10\x02\x12\x18\n\x14METHOD_CODE_AND_LINK\x10\x03*{\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SESSION_STATE_ACTIVE\x10\x01\x12\x17\n\x13SESSION_STATE_ENDED\x10\x02\x12\x19\n\x15SESSION_STATE_EXPIRED\x10\x03*\x91\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12\x1d\n\x19\x45RROR_REASON_CODE_INVALID\x10\x02\x12\"\n\x1e\x45RROR_REASON_TOO_MANY_ATTEMPTS\x10\x03\x12&\n\"ERROR_REASON_REFRESH_TOKEN_INVALID\x10\x04\x12%\n!ERROR_REASON_REFRESH_TOKEN_REUSED\x10\x05\x12+\n\'ERROR_REASON_VALIDATION_URL_NOT_ALLOWED\x10\x06\x12\x1d\n\x19\x45RROR_REASON_RATE_LIMITED\x10\x07\x12\'\n#ERROR_REASON_IDEMPOTENCY_KEY_REUSED\x10\x08\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\t\x12\"\n\x1e\x45RROR_REASON_PERMISSION_DENIED\x10\n\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\x0b\x12\x1f\n\x1b\x45RROR_REASON_ALREADY_EXISTS\x10\x0c\x12\x1c\n\x18\x45RROR_REASON_UNAVAILABLE\x10\r\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x0e\x32\xa9\x06\n\x0b\x41uthService\x12J\n\tStartAuth\x12\x1d.latchkey.v1.StartAuthRequest\x1a\x1e.latchkey.v1.StartAuthResponse\x12\x41\n\x06Verify\x12\x1a.latchkey.v1.VerifyRequest\x1a\x1b.latchkey.v1.VerifyResponse\x12\x44\n\x07Refresh\x12\x1b.latchkey.v1.RefreshRequest\x1a\x1c.latchkey.v1.RefreshResponse\x12\x41\n\x06Revoke\x12\x1a.latchkey.v1.RevokeRequest\x1a\x1b.latchkey.v1.RevokeResponse\x12M\n\nResendCode\x12\x1e.latchkey.v1.ResendCodeRequest\x1a\x1f.latchkey.v1.ResendCodeResponse\x12S\n\x0cListSessions\x12 .latchkey.v1.ListSessionsRequest\x1a!.latchkey.v1.ListSessionsResponse\x12V\n\rRevokeSession\x12!.latchkey.v1.RevokeSessionRequest\x1a\".latchkey.v1.RevokeSessionResponse\x12\x62\n\x11RevokeAllSessions\x12%.latchkey.v1.RevokeAllSessionsRequest\x1a&.latchkey.v1.RevokeAllSessionsResponse\x12\\\n\x0fIntrospectToken\x12#.latchkey.v1.IntrospectTokenRequest\x1a$.latchkey.v1.IntrospectTokenResponse\x12\x44\n\x07GetJwks\x12\x1b.latchkey.v1.GetJwksRequest\x1a\x1c.latchkey.v1.GetJwksResponseB\x8e\x01\n\x0f\x64\x65v.latchkey.v1B\tAuthProtoP\x01Z=github.com/latchkey/latchkey/clients/go/latchkeyv1;latchkeyv1\xa2\x02\x03LTK\xaa\x02\x0bLatchkey.V1\xca\x02\x0bLatchkey\\V1\xea\x02\x0cLatchkey::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16latchkey/v1/auth.proto\x12\x0blatchkey.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\nClientInfo\x12\x0e\n\x02ip\x18\x01 \x01(\tR\x02ip\x12\x1d\n\nuser_agent\x18\x02 \x01(\tR\tuserAgent\"\xee\x01\n\x10StartAuthRequest\x12\x14\n\x05\x65mail\x18\x01 \x01(\tR\x05\x65mail\x12+\n\x06method\x18\x02 \x01(\x0e\x32\x13.latchkey.v1.MethodR\x06method\x12%\n\x0evalidation_url\x18\x03 \x01(\tR\rvalidationUrl\x12/\n\x06\x63lient\x18\x04 \x01(\x0b\x32\x17.latchkey.v1.ClientInfoR\x06\x63lient\x12\x16\n\x06locale\x18\x05 \x01(\tR\x06locale\x12\'\n\x0fidempotency_key\x18\x06 \x01(\tR\x0eidempotencyKey\"\x8e\x01\n\x11StartAuthResponse\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x39\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1f\n\x0b\x63ode_length\x18\x03 \x01(\rR\ncodeLength\"a\n\rVerifyRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x12\n\x04\x63ode\x18\x02 \x01(\tR\x04\x63ode\x12\x1d\n\nlink_token\x18\x03 \x01(\tR\tlinkToken\"\xea\x01\n\x0eVerifyResponse\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n\ntoken_type\x18\x02 \x01(\tR\ttokenType\x12\x1d\n\nexpires_in\x18\x03 \x01(\x05R\texpiresIn\x12#\n\rrefresh_token\x18\x04 \x01(\tR\x0crefreshToken\x12%\n\x04user\x18\x05 \x01(\x0b\x32\x11.latchkey.v1.UserR\x04user\x12\x1d\n\nsession_id\x18\x06 \x01(\tR\tsessionId\x12\x19\n\x08new_user\x18\x07 \x01(\x08R\x07newUser\"\x82\x02\n\x04User\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x65mail\x18\x02 \x01(\tR\x05\x65mail\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12;\n\x0b\x64isabled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ndisabledAt\x12!\n\x0c\x61pp_metadata\x18\x06 \x01(\tR\x0b\x61ppMetadata\"5\n\x0eRefreshRequest\x12#\n\rrefresh_token\x18\x01 \x01(\tR\x0crefreshToken\"\x8a\x01\n\x0fRefreshResponse\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n\ntoken_type\x18\x02 \x01(\tR\ttokenType\x12\x1d\n\nexpires_in\x18\x03 \x01(\x05R\texpiresIn\x12#\n\rrefresh_token\x18\x04 \x01(\tR\x0crefreshToken\"S\n\rRevokeRequest\x12#\n\rrefresh_token\x18\x01 \x01(\tR\x0crefreshToken\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\"\x10\n\x0eRevokeResponse\"-\n\x0eGetJwksRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"7\n\x0fGetJwksResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x10.latchkey.v1.JwkR\x04keys\"\x97\x01\n\x03Jwk\x12\x10\n\x03kty\x18\x01 \x01(\tR\x03kty\x12\x10\n\x03\x63rv\x18\x02 \x01(\tR\x03\x63rv\x12\x0c\n\x01x\x18\x03 \x01(\tR\x01x\x12\x0c\n\x01y\x18\x04 \x01(\tR\x01y\x12\x0c\n\x01n\x18\x05 \x01(\tR\x01n\x12\x0c\n\x01\x65\x18\x06 \x01(\tR\x01\x65\x12\x10\n\x03kid\x18\x07 \x01(\tR\x03kid\x12\x10\n\x03\x61lg\x18\x08 \x01(\tR\x03\x61lg\x12\x10\n\x03use\x18\t \x01(\tR\x03use\"2\n\x11ResendCodeRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\"\x8f\x01\n\x12ResendCodeResponse\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x39\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1f\n\x0b\x63ode_length\x18\x03 \x01(\rR\ncodeLength\".\n\x13ListSessionsRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\"H\n\x14ListSessionsResponse\x12\x30\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.latchkey.v1.SessionR\x08sessions\"\xcc\x03\n\x07Session\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12/\n\x05state\x18\x02 \x01(\x0e\x32\x19.latchkey.v1.SessionStateR\x05state\x12\x1d\n\nend_reason\x18\x03 \x01(\tR\tendReason\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12;\n\x0bverified_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nverifiedAt\x12\x46\n\x11last_refreshed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0flastRefreshedAt\x12\x39\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x35\n\x08\x65nded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndedAt\x12/\n\x06\x63lient\x18\t \x01(\x0b\x32\x17.latchkey.v1.ClientInfoR\x06\x63lient\"5\n\x14RevokeSessionRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\"\x17\n\x15RevokeSessionResponse\"_\n\x18RevokeAllSessionsRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12*\n\x11\x65xcept_session_id\x18\x02 \x01(\tR\x0f\x65xceptSessionId\"5\n\x19RevokeAllSessionsResponse\x12\x18\n\x07revoked\x18\x01 \x01(\rR\x07revoked\".\n\x16IntrospectTokenRequest\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\"\x88\x01\n\x17IntrospectTokenResponse\x12\x16\n\x06\x61\x63tive\x18\x01 \x01(\x08R\x06\x61\x63tive\x12\x30\n\x06\x63laims\x18\x02 \x01(\x0b\x32\x18.latchkey.v1.TokenClaimsR\x06\x63laims\x12#\n\rsession_ended\x18\x03 \x01(\x08R\x0csessionEnded\"\xbc\x02\n\x0bTokenClaims\x12\x10\n\x03iss\x18\x01 \x01(\tR\x03iss\x12\x10\n\x03\x61ud\x18\x02 \x01(\tR\x03\x61ud\x12\x10\n\x03sub\x18\x03 \x01(\tR\x03sub\x12\x14\n\x05\x65mail\x18\x04 \x01(\tR\x05\x65mail\x12\x10\n\x03sid\x18\x05 \x01(\tR\x03sid\x12\x10\n\x03tid\x18\x06 \x01(\tR\x03tid\x12,\n\x03iat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03iat\x12,\n\x03nbf\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03nbf\x12,\n\x03\x65xp\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03\x65xp\x12\x10\n\x03jti\x18\n \x01(\tR\x03jti\x12!\n\x0c\x61pp_metadata\x18\x0b \x01(\tR\x0b\x61ppMetadata\"J\n\x19\x41uthServiceGetUserRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x14\n\x05\x65mail\x18\x02 \x01(\tR\x05\x65mail\"C\n\x1a\x41uthServiceGetUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x11.latchkey.v1.UserR\x04user\"Z\n\x1c\x41uthServiceUpdateUserRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12!\n\x0c\x61pp_metadata\x18\x02 \x01(\tR\x0b\x61ppMetadata\"F\n\x1d\x41uthServiceUpdateUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x11.latchkey.v1.UserR\x04user*\\\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMETHOD_CODE\x10\x01\x12\x0f\n\x0bMETHOD_LINK\x10\x02\x12\x18\n\x14METHOD_CODE_AND_LINK\x10\x03*{\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SESSION_STATE_ACTIVE\x10\x01\x12\x17\n\x13SESSION_STATE_ENDED\x10\x02\x12\x19\n\x15SESSION_STATE_EXPIRED\x10\x03*\xb1\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12\x1d\n\x19\x45RROR_REASON_CODE_INVALID\x10\x02\x12\"\n\x1e\x45RROR_REASON_TOO_MANY_ATTEMPTS\x10\x03\x12&\n\"ERROR_REASON_REFRESH_TOKEN_INVALID\x10\x04\x12%\n!ERROR_REASON_REFRESH_TOKEN_REUSED\x10\x05\x12+\n\'ERROR_REASON_VALIDATION_URL_NOT_ALLOWED\x10\x06\x12\x1d\n\x19\x45RROR_REASON_RATE_LIMITED\x10\x07\x12\'\n#ERROR_REASON_IDEMPOTENCY_KEY_REUSED\x10\x08\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\t\x12\"\n\x1e\x45RROR_REASON_PERMISSION_DENIED\x10\n\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\x0b\x12\x1f\n\x1b\x45RROR_REASON_ALREADY_EXISTS\x10\x0c\x12\x1c\n\x18\x45RROR_REASON_UNAVAILABLE\x10\r\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x0e\x12\x1e\n\x1a\x45RROR_REASON_USER_DISABLED\x10\x0f\x32\xea\x07\n\x0b\x41uthService\x12J\n\tStartAuth\x12\x1d.latchkey.v1.StartAuthRequest\x1a\x1e.latchkey.v1.StartAuthResponse\x12\x41\n\x06Verify\x12\x1a.latchkey.v1.VerifyRequest\x1a\x1b.latchkey.v1.VerifyResponse\x12\x44\n\x07Refresh\x12\x1b.latchkey.v1.RefreshRequest\x1a\x1c.latchkey.v1.RefreshResponse\x12\x41\n\x06Revoke\x12\x1a.latchkey.v1.RevokeRequest\x1a\x1b.latchkey.v1.RevokeResponse\x12M\n\nResendCode\x12\x1e.latchkey.v1.ResendCodeRequest\x1a\x1f.latchkey.v1.ResendCodeResponse\x12S\n\x0cListSessions\x12 .latchkey.v1.ListSessionsRequest\x1a!.latchkey.v1.ListSessionsResponse\x12V\n\rRevokeSession\x12!.latchkey.v1.RevokeSessionRequest\x1a\".latchkey.v1.RevokeSessionResponse\x12\x62\n\x11RevokeAllSessions\x12%.latchkey.v1.RevokeAllSessionsRequest\x1a&.latchkey.v1.RevokeAllSessionsResponse\x12\\\n\x0fIntrospectToken\x12#.latchkey.v1.IntrospectTokenRequest\x1a$.latchkey.v1.IntrospectTokenResponse\x12Z\n\x07GetUser\x12&.latchkey.v1.AuthServiceGetUserRequest\x1a\'.latchkey.v1.AuthServiceGetUserResponse\x12\x63\n\nUpdateUser\x12).latchkey.v1.AuthServiceUpdateUserRequest\x1a*.latchkey.v1.AuthServiceUpdateUserResponse\x12\x44\n\x07GetJwks\x12\x1b.latchkey.v1.GetJwksRequest\x1a\x1c.latchkey.v1.GetJwksResponseB\x8e\x01\n\x0f\x64\x65v.latchkey.v1B\tAuthProtoP\x01Z=github.com/latchkey/latchkey/clients/go/latchkeyv1;latchkeyv1\xa2\x02\x03LTK\xaa\x02\x0bLatchkey.V1\xca\x02\x0bLatchkey\\V1\xea\x02\x0cLatchkey::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latchkey.v1.auth_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.latchkey.v1B\tAuthProtoP\001Z=github.com/latchkey/latchkey/clients/go/latchkeyv1;latchkeyv1\242\002\003LTK\252\002\013Latchkey.V1\312\002\013Latchkey\\V1\352\002\014Latchkey::V1'
-  _globals['_METHOD']._serialized_start=3003
-  _globals['_METHOD']._serialized_end=3095
-  _globals['_SESSIONSTATE']._serialized_start=3097
-  _globals['_SESSIONSTATE']._serialized_end=3220
-  _globals['_ERRORREASON']._serialized_start=3223
-  _globals['_ERRORREASON']._serialized_end=3752
+  _globals['_METHOD']._serialized_start=3503
+  _globals['_METHOD']._serialized_end=3595
+  _globals['_SESSIONSTATE']._serialized_start=3597
+  _globals['_SESSIONSTATE']._serialized_end=3720
+  _globals['_ERRORREASON']._serialized_start=3723
+  _globals['_ERRORREASON']._serialized_end=4284
   _globals['_CLIENTINFO']._serialized_start=72
   _globals['_CLIENTINFO']._serialized_end=131
   _globals['_STARTAUTHREQUEST']._serialized_start=134
@@ -49,46 +49,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYREQUEST']._serialized_end=616
   _globals['_VERIFYRESPONSE']._serialized_start=619
   _globals['_VERIFYRESPONSE']._serialized_end=853
-  _globals['_USER']._serialized_start=855
-  _globals['_USER']._serialized_end=958
-  _globals['_REFRESHREQUEST']._serialized_start=960
-  _globals['_REFRESHREQUEST']._serialized_end=1013
-  _globals['_REFRESHRESPONSE']._serialized_start=1016
-  _globals['_REFRESHRESPONSE']._serialized_end=1154
-  _globals['_REVOKEREQUEST']._serialized_start=1156
-  _globals['_REVOKEREQUEST']._serialized_end=1239
-  _globals['_REVOKERESPONSE']._serialized_start=1241
-  _globals['_REVOKERESPONSE']._serialized_end=1257
-  _globals['_GETJWKSREQUEST']._serialized_start=1259
-  _globals['_GETJWKSREQUEST']._serialized_end=1304
-  _globals['_GETJWKSRESPONSE']._serialized_start=1306
-  _globals['_GETJWKSRESPONSE']._serialized_end=1361
-  _globals['_JWK']._serialized_start=1364
-  _globals['_JWK']._serialized_end=1515
-  _globals['_RESENDCODEREQUEST']._serialized_start=1517
-  _globals['_RESENDCODEREQUEST']._serialized_end=1567
-  _globals['_RESENDCODERESPONSE']._serialized_start=1570
-  _globals['_RESENDCODERESPONSE']._serialized_end=1713
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1715
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1761
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1763
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1835
-  _globals['_SESSION']._serialized_start=1838
-  _globals['_SESSION']._serialized_end=2298
-  _globals['_REVOKESESSIONREQUEST']._serialized_start=2300
-  _globals['_REVOKESESSIONREQUEST']._serialized_end=2353
-  _globals['_REVOKESESSIONRESPONSE']._serialized_start=2355
-  _globals['_REVOKESESSIONRESPONSE']._serialized_end=2378
-  _globals['_REVOKEALLSESSIONSREQUEST']._serialized_start=2380
-  _globals['_REVOKEALLSESSIONSREQUEST']._serialized_end=2475
-  _globals['_REVOKEALLSESSIONSRESPONSE']._serialized_start=2477
-  _globals['_REVOKEALLSESSIONSRESPONSE']._serialized_end=2530
-  _globals['_INTROSPECTTOKENREQUEST']._serialized_start=2532
-  _globals['_INTROSPECTTOKENREQUEST']._serialized_end=2578
-  _globals['_INTROSPECTTOKENRESPONSE']._serialized_start=2581
-  _globals['_INTROSPECTTOKENRESPONSE']._serialized_end=2717
-  _globals['_TOKENCLAIMS']._serialized_start=2720
-  _globals['_TOKENCLAIMS']._serialized_end=3001
-  _globals['_AUTHSERVICE']._serialized_start=3755
-  _globals['_AUTHSERVICE']._serialized_end=4564
+  _globals['_USER']._serialized_start=856
+  _globals['_USER']._serialized_end=1114
+  _globals['_REFRESHREQUEST']._serialized_start=1116
+  _globals['_REFRESHREQUEST']._serialized_end=1169
+  _globals['_REFRESHRESPONSE']._serialized_start=1172
+  _globals['_REFRESHRESPONSE']._serialized_end=1310
+  _globals['_REVOKEREQUEST']._serialized_start=1312
+  _globals['_REVOKEREQUEST']._serialized_end=1395
+  _globals['_REVOKERESPONSE']._serialized_start=1397
+  _globals['_REVOKERESPONSE']._serialized_end=1413
+  _globals['_GETJWKSREQUEST']._serialized_start=1415
+  _globals['_GETJWKSREQUEST']._serialized_end=1460
+  _globals['_GETJWKSRESPONSE']._serialized_start=1462
+  _globals['_GETJWKSRESPONSE']._serialized_end=1517
+  _globals['_JWK']._serialized_start=1520
+  _globals['_JWK']._serialized_end=1671
+  _globals['_RESENDCODEREQUEST']._serialized_start=1673
+  _globals['_RESENDCODEREQUEST']._serialized_end=1723
+  _globals['_RESENDCODERESPONSE']._serialized_start=1726
+  _globals['_RESENDCODERESPONSE']._serialized_end=1869
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1871
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1917
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1919
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1991
+  _globals['_SESSION']._serialized_start=1994
+  _globals['_SESSION']._serialized_end=2454
+  _globals['_REVOKESESSIONREQUEST']._serialized_start=2456
+  _globals['_REVOKESESSIONREQUEST']._serialized_end=2509
+  _globals['_REVOKESESSIONRESPONSE']._serialized_start=2511
+  _globals['_REVOKESESSIONRESPONSE']._serialized_end=2534
+  _globals['_REVOKEALLSESSIONSREQUEST']._serialized_start=2536
+  _globals['_REVOKEALLSESSIONSREQUEST']._serialized_end=2631
+  _globals['_REVOKEALLSESSIONSRESPONSE']._serialized_start=2633
+  _globals['_REVOKEALLSESSIONSRESPONSE']._serialized_end=2686
+  _globals['_INTROSPECTTOKENREQUEST']._serialized_start=2688
+  _globals['_INTROSPECTTOKENREQUEST']._serialized_end=2734
+  _globals['_INTROSPECTTOKENRESPONSE']._serialized_start=2737
+  _globals['_INTROSPECTTOKENRESPONSE']._serialized_end=2873
+  _globals['_TOKENCLAIMS']._serialized_start=2876
+  _globals['_TOKENCLAIMS']._serialized_end=3192
+  _globals['_AUTHSERVICEGETUSERREQUEST']._serialized_start=3194
+  _globals['_AUTHSERVICEGETUSERREQUEST']._serialized_end=3268
+  _globals['_AUTHSERVICEGETUSERRESPONSE']._serialized_start=3270
+  _globals['_AUTHSERVICEGETUSERRESPONSE']._serialized_end=3337
+  _globals['_AUTHSERVICEUPDATEUSERREQUEST']._serialized_start=3339
+  _globals['_AUTHSERVICEUPDATEUSERREQUEST']._serialized_end=3429
+  _globals['_AUTHSERVICEUPDATEUSERRESPONSE']._serialized_start=3431
+  _globals['_AUTHSERVICEUPDATEUSERRESPONSE']._serialized_end=3501
+  _globals['_AUTHSERVICE']._serialized_start=4287
+  _globals['_AUTHSERVICE']._serialized_end=5289
 # @@protoc_insertion_point(module_scope)

@@ -85,6 +85,16 @@ class AuthServiceStub:
                 request_serializer=latchkey_dot_v1_dot_auth__pb2.IntrospectTokenRequest.SerializeToString,
                 response_deserializer=latchkey_dot_v1_dot_auth__pb2.IntrospectTokenResponse.FromString,
                 _registered_method=True)
+        self.GetUser = channel.unary_unary(
+                '/latchkey.v1.AuthService/GetUser',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserResponse.FromString,
+                _registered_method=True)
+        self.UpdateUser = channel.unary_unary(
+                '/latchkey.v1.AuthService/UpdateUser',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserResponse.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/latchkey.v1.AuthService/GetJwks',
                 request_serializer=latchkey_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
@@ -187,6 +197,24 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUser(self, request, context):
+        """A user of the caller's tenant, by id or by address. A user of another
+        tenant answers NOT_FOUND, as a missing one does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateUser(self, request, context):
+        """Replaces a user's `app_metadata`: a JSON object of at most 2 KB that
+        every access token issued from then on carries in its `app_metadata`
+        claim (with the tenant's static claims). Only users of the caller's
+        tenant; another tenant's user answers NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJwks(self, request, context):
         """Returns the public keys that verify one tenant's access tokens (RFC 7517
         JSON Web Keys). Public: needs no API key. Each tenant signs with keys of
@@ -248,6 +276,16 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.IntrospectToken,
                     request_deserializer=latchkey_dot_v1_dot_auth__pb2.IntrospectTokenRequest.FromString,
                     response_serializer=latchkey_dot_v1_dot_auth__pb2.IntrospectTokenResponse.SerializeToString,
+            ),
+            'GetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUser,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserResponse.SerializeToString,
+            ),
+            'UpdateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUser,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserResponse.SerializeToString,
             ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
@@ -504,6 +542,60 @@ class AuthService:
             '/latchkey.v1.AuthService/IntrospectToken',
             latchkey_dot_v1_dot_auth__pb2.IntrospectTokenRequest.SerializeToString,
             latchkey_dot_v1_dot_auth__pb2.IntrospectTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/GetUser',
+            latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/UpdateUser',
+            latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

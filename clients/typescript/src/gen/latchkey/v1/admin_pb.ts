@@ -14,13 +14,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { User } from "./auth_pb.js";
+import { file_latchkey_v1_auth } from "./auth_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file latchkey/v1/admin.proto.
  */
 export const file_latchkey_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChdsYXRjaGtleS92MS9hZG1pbi5wcm90bxILbGF0Y2hrZXkudjEiiQcKDlRlbmFudFNldHRpbmdzEhMKBmlzc3VlchgBIAEoCUgAiAEBEhUKCGF1ZGllbmNlGAIgASgJSAGIAQESJQoYYWNjZXNzX3Rva2VuX3R0bF9zZWNvbmRzGAMgASgNSAKIAQESIAoTc2Vzc2lvbl90dGxfc2Vjb25kcxgEIAEoDUgDiAEBEhgKC2NvZGVfbGVuZ3RoGAUgASgNSASIAQESHQoQY29kZV90dGxfc2Vjb25kcxgGIAEoDUgFiAEBEh4KEWNvZGVfbWF4X2F0dGVtcHRzGAcgASgNSAaIAQESFgoJbWFpbF9mcm9tGAggASgJSAeIAQESFQoIYXBwX25hbWUYCSABKAlICIgBARIfChdhbGxvd2VkX3ZhbGlkYXRpb25fdXJscxgKIAMoCRIbCg5kZWZhdWx0X2xvY2FsZRgLIAEoCUgJiAEBEjAKDXNpZ251cF9wb2xpY3kYDCABKA4yGS5sYXRjaGtleS52MS5TaWdudXBQb2xpY3kSIwoWbm90aWZ5X3Vua25vd25fYWRkcmVzcxgNIAEoCEgKiAEBEiMKFmRlZmF1bHRfdmFsaWRhdGlvbl91cmwYDiABKAlIC4gBARIdChByYXRlX2xpbWl0X2VtYWlsGA8gASgNSAyIAQESGgoNcmF0ZV9saW1pdF9pcBgQIAEoDUgNiAEBEh4KEXJhdGVfbGltaXRfdGVuYW50GBEgASgNSA6IAQESIgoVdmVyaWZ5X2ZhaWx1cmVfYnVkZ2V0GBIgASgNSA+IAQFCCQoHX2lzc3VlckILCglfYXVkaWVuY2VCGwoZX2FjY2Vzc190b2tlbl90dGxfc2Vjb25kc0IWChRfc2Vzc2lvbl90dGxfc2Vjb25kc0IOCgxfY29kZV9sZW5ndGhCEwoRX2NvZGVfdHRsX3NlY29uZHNCFAoSX2NvZGVfbWF4X2F0dGVtcHRzQgwKCl9tYWlsX2Zyb21CCwoJX2FwcF9uYW1lQhEKD19kZWZhdWx0X2xvY2FsZUIZChdfbm90aWZ5X3Vua25vd25fYWRkcmVzc0IZChdfZGVmYXVsdF92YWxpZGF0aW9uX3VybEITChFfcmF0ZV9saW1pdF9lbWFpbEIQCg5fcmF0ZV9saW1pdF9pcEIUChJfcmF0ZV9saW1pdF90ZW5hbnRCGAoWX3ZlcmlmeV9mYWlsdXJlX2J1ZGdldCKxAQoGVGVuYW50EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLQoIc2V0dGluZ3MYAyABKAsyGy5sYXRjaGtleS52MS5UZW5hbnRTZXR0aW5ncxIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJlChNDcmVhdGVUZW5hbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KCHNldHRpbmdzGAMgASgLMhsubGF0Y2hrZXkudjEuVGVuYW50U2V0dGluZ3MivwEKFENyZWF0ZVRlbmFudFJlc3BvbnNlEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLQoIc2V0dGluZ3MYAyABKAsyGy5sYXRjaGtleS52MS5UZW5hbnRTZXR0aW5ncxIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIUChJMaXN0VGVuYW50c1JlcXVlc3QiOwoTTGlzdFRlbmFudHNSZXNwb25zZRIkCgd0ZW5hbnRzGAEgAygLMhMubGF0Y2hrZXkudjEuVGVuYW50IiUKEEdldFRlbmFudFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIrwBChFHZXRUZW5hbnRSZXNwb25zZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KCHNldHRpbmdzGAMgASgLMhsubGF0Y2hrZXkudjEuVGVuYW50U2V0dGluZ3MSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiiwEKE1VwZGF0ZVRlbmFudFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhEKBG5hbWUYAiABKAlIAIgBARItCghzZXR0aW5ncxgDIAEoCzIbLmxhdGNoa2V5LnYxLlRlbmFudFNldHRpbmdzEhYKDmNsZWFyX3NldHRpbmdzGAQgAygJQgcKBV9uYW1lIr8BChRVcGRhdGVUZW5hbnRSZXNwb25zZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KCHNldHRpbmdzGAMgASgLMhsubGF0Y2hrZXkudjEuVGVuYW50U2V0dGluZ3MSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipAIKBkFwaUtleRIOCgZwcmVmaXgYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEgwKBG5hbWUYAyABKAkSJwoFc2NvcGUYBCABKA4yGC5sYXRjaGtleS52MS5BcGlLZXlTY29wZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIo8BChNDcmVhdGVBcGlLZXlSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEicKBXNjb3BlGAMgASgOMhgubGF0Y2hrZXkudjEuQXBpS2V5U2NvcGUSLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSQoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USJAoHYXBpX2tleRgBIAEoCzITLmxhdGNoa2V5LnYxLkFwaUtleRILCgNrZXkYAiABKAkiJwoSTGlzdEFwaUtleXNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSI8ChNMaXN0QXBpS2V5c1Jlc3BvbnNlEiUKCGFwaV9rZXlzGAEgAygLMhMubGF0Y2hrZXkudjEuQXBpS2V5IiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGcHJlZml4GAEgASgJIhYKFFJldm9rZUFwaUtleVJlc3BvbnNlIkMKDkdldFVzZXJSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEg0KBWVtYWlsGAMgASgJIlwKD0dldFVzZXJSZXNwb25zZRIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI3ChFEZWxldGVVc2VyUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSIUChJEZWxldGVVc2VyUmVzcG9uc2UqbgoMU2lnbnVwUG9saWN5Eh0KGVNJR05VUF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIhCh1TSUdOVVBfUE9MSUNZX0xPR0lOX09SX0NSRUFURRABEhwKGFNJR05VUF9QT0xJQ1lfTE9HSU5fT05MWRACKlwKC0FwaUtleVNjb3BlEh0KGUFQSV9LRVlfU0NPUEVfVU5TUEVDSUZJRUQQABIVChFBUElfS0VZX1NDT1BFX0FQUBABEhcKE0FQSV9LRVlfU0NPUEVfQURNSU4QAjLnBQoMQWRtaW5TZXJ2aWNlElMKDENyZWF0ZVRlbmFudBIgLmxhdGNoa2V5LnYxLkNyZWF0ZVRlbmFudFJlcXVlc3QaIS5sYXRjaGtleS52MS5DcmVhdGVUZW5hbnRSZXNwb25zZRJQCgtMaXN0VGVuYW50cxIfLmxhdGNoa2V5LnYxLkxpc3RUZW5hbnRzUmVxdWVzdBogLmxhdGNoa2V5LnYxLkxpc3RUZW5hbnRzUmVzcG9uc2USSgoJR2V0VGVuYW50Eh0ubGF0Y2hrZXkudjEuR2V0VGVuYW50UmVxdWVzdBoeLmxhdGNoa2V5LnYxLkdldFRlbmFudFJlc3BvbnNlElMKDFVwZGF0ZVRlbmFudBIgLmxhdGNoa2V5LnYxLlVwZGF0ZVRlbmFudFJlcXVlc3QaIS5sYXRjaGtleS52MS5VcGRhdGVUZW5hbnRSZXNwb25zZRJTCgxDcmVhdGVBcGlLZXkSIC5sYXRjaGtleS52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiEubGF0Y2hrZXkudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USUAoLTGlzdEFwaUtleXMSHy5sYXRjaGtleS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIC5sYXRjaGtleS52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlElMKDFJldm9rZUFwaUtleRIgLmxhdGNoa2V5LnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIS5sYXRjaGtleS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJECgdHZXRVc2VyEhsubGF0Y2hrZXkudjEuR2V0VXNlclJlcXVlc3QaHC5sYXRjaGtleS52MS5HZXRVc2VyUmVzcG9uc2USTQoKRGVsZXRlVXNlchIeLmxhdGNoa2V5LnYxLkRlbGV0ZVVzZXJSZXF1ZXN0Gh8ubGF0Y2hrZXkudjEuRGVsZXRlVXNlclJlc3BvbnNlQo8BCg9kZXYubGF0Y2hrZXkudjFCCkFkbWluUHJvdG9QAVo9Z2l0aHViLmNvbS9sYXRjaGtleS9sYXRjaGtleS9jbGllbnRzL2dvL2xhdGNoa2V5djE7bGF0Y2hrZXl2MaICA0xUS6oCC0xhdGNoa2V5LlYxygILTGF0Y2hrZXlcVjHqAgxMYXRjaGtleTo6VjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChdsYXRjaGtleS92MS9hZG1pbi5wcm90bxILbGF0Y2hrZXkudjEitwcKDlRlbmFudFNldHRpbmdzEhMKBmlzc3VlchgBIAEoCUgAiAEBEhUKCGF1ZGllbmNlGAIgASgJSAGIAQESJQoYYWNjZXNzX3Rva2VuX3R0bF9zZWNvbmRzGAMgASgNSAKIAQESIAoTc2Vzc2lvbl90dGxfc2Vjb25kcxgEIAEoDUgDiAEBEhgKC2NvZGVfbGVuZ3RoGAUgASgNSASIAQESHQoQY29kZV90dGxfc2Vjb25kcxgGIAEoDUgFiAEBEh4KEWNvZGVfbWF4X2F0dGVtcHRzGAcgASgNSAaIAQESFgoJbWFpbF9mcm9tGAggASgJSAeIAQESFQoIYXBwX25hbWUYCSABKAlICIgBARIfChdhbGxvd2VkX3ZhbGlkYXRpb25fdXJscxgKIAMoCRIbCg5kZWZhdWx0X2xvY2FsZRgLIAEoCUgJiAEBEjAKDXNpZ251cF9wb2xpY3kYDCABKA4yGS5sYXRjaGtleS52MS5TaWdudXBQb2xpY3kSIwoWbm90aWZ5X3Vua25vd25fYWRkcmVzcxgNIAEoCEgKiAEBEiMKFmRlZmF1bHRfdmFsaWRhdGlvbl91cmwYDiABKAlIC4gBARIdChByYXRlX2xpbWl0X2VtYWlsGA8gASgNSAyIAQESGgoNcmF0ZV9saW1pdF9pcBgQIAEoDUgNiAEBEh4KEXJhdGVfbGltaXRfdGVuYW50GBEgASgNSA6IAQESIgoVdmVyaWZ5X2ZhaWx1cmVfYnVkZ2V0GBIgASgNSA+IAQESGgoNc3RhdGljX2NsYWltcxgTIAEoCUgQiAEBQgkKB19pc3N1ZXJCCwoJX2F1ZGllbmNlQhsKGV9hY2Nlc3NfdG9rZW5fdHRsX3NlY29uZHNCFgoUX3Nlc3Npb25fdHRsX3NlY29uZHNCDgoMX2NvZGVfbGVuZ3RoQhMKEV9jb2RlX3R0bF9zZWNvbmRzQhQKEl9jb2RlX21heF9hdHRlbXB0c0IMCgpfbWFpbF9mcm9tQgsKCV9hcHBfbmFtZUIRCg9fZGVmYXVsdF9sb2NhbGVCGQoXX25vdGlmeV91bmtub3duX2FkZHJlc3NCGQoXX2RlZmF1bHRfdmFsaWRhdGlvbl91cmxCEwoRX3JhdGVfbGltaXRfZW1haWxCEAoOX3JhdGVfbGltaXRfaXBCFAoSX3JhdGVfbGltaXRfdGVuYW50QhgKFl92ZXJpZnlfZmFpbHVyZV9idWRnZXRCEAoOX3N0YXRpY19jbGFpbXMisQEKBlRlbmFudBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KCHNldHRpbmdzGAMgASgLMhsubGF0Y2hrZXkudjEuVGVuYW50U2V0dGluZ3MSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZQoTQ3JlYXRlVGVuYW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRItCghzZXR0aW5ncxgDIAEoCzIbLmxhdGNoa2V5LnYxLlRlbmFudFNldHRpbmdzIr8BChRDcmVhdGVUZW5hbnRSZXNwb25zZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KCHNldHRpbmdzGAMgASgLMhsubGF0Y2hrZXkudjEuVGVuYW50U2V0dGluZ3MSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFAoSTGlzdFRlbmFudHNSZXF1ZXN0IjsKE0xpc3RUZW5hbnRzUmVzcG9uc2USJAoHdGVuYW50cxgBIAMoCzITLmxhdGNoa2V5LnYxLlRlbmFudCIlChBHZXRUZW5hbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSK8AQoRR2V0VGVuYW50UmVzcG9uc2USCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRItCghzZXR0aW5ncxgDIAEoCzIbLmxhdGNoa2V5LnYxLlRlbmFudFNldHRpbmdzEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIosBChNVcGRhdGVUZW5hbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCgRuYW1lGAIgASgJSACIAQESLQoIc2V0dGluZ3MYAyABKAsyGy5sYXRjaGtleS52MS5UZW5hbnRTZXR0aW5ncxIWCg5jbGVhcl9zZXR0aW5ncxgEIAMoCUIHCgVfbmFtZSK/AQoUVXBkYXRlVGVuYW50UmVzcG9uc2USCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRItCghzZXR0aW5ncxgDIAEoCzIbLmxhdGNoa2V5LnYxLlRlbmFudFNldHRpbmdzEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqQCCgZBcGlLZXkSDgoGcHJlZml4GAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEicKBXNjb3BlGAQgASgOMhgubGF0Y2hrZXkudjEuQXBpS2V5U2NvcGUSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKPAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRInCgVzY29wZRgDIAEoDjIYLmxhdGNoa2V5LnYxLkFwaUtleVNjb3BlEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkkKFENyZWF0ZUFwaUtleVJlc3BvbnNlEiQKB2FwaV9rZXkYASABKAsyEy5sYXRjaGtleS52MS5BcGlLZXkSCwoDa2V5GAIgASgJIicKEkxpc3RBcGlLZXlzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPAoTTGlzdEFwaUtleXNSZXNwb25zZRIlCghhcGlfa2V5cxgBIAMoCzITLmxhdGNoa2V5LnYxLkFwaUtleSIlChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCSIWChRSZXZva2VBcGlLZXlSZXNwb25zZSJDCg5HZXRVc2VyUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRINCgVlbWFpbBgDIAEoCSLTAQoPR2V0VXNlclJlc3BvbnNlEgoKAmlkGAEgASgJEg0KBWVtYWlsGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2Rpc2FibGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxhcHBfbWV0YWRhdGEYBiABKAkiyQEKEExpc3RVc2Vyc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKDGVtYWlsX3ByZWZpeBgCIAEoCRIxCg1jcmVhdGVkX2FmdGVyGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAUgASgNEhIKCnBhZ2VfdG9rZW4YBiABKAkiTgoRTGlzdFVzZXJzUmVzcG9uc2USIAoFdXNlcnMYASADKAsyES5sYXRjaGtleS52MS5Vc2VyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJNChFVcGRhdGVVc2VyUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIUCgxhcHBfbWV0YWRhdGEYAyABKAkiNQoSVXBkYXRlVXNlclJlc3BvbnNlEh8KBHVzZXIYASABKAsyES5sYXRjaGtleS52MS5Vc2VyIjgKEkRpc2FibGVVc2VyUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSJMChNEaXNhYmxlVXNlclJlc3BvbnNlEh8KBHVzZXIYASABKAsyES5sYXRjaGtleS52MS5Vc2VyEhQKDGVuZGVkX2xvZ2lucxgCIAEoDSI3ChFFbmFibGVVc2VyUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSI1ChJFbmFibGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLmxhdGNoa2V5LnYxLlVzZXIiNwoRRGVsZXRlVXNlclJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkiFAoSRGVsZXRlVXNlclJlc3BvbnNlKm4KDFNpZ251cFBvbGljeRIdChlTSUdOVVBfUE9MSUNZX1VOU1BFQ0lGSUVEEAASIQodU0lHTlVQX1BPTElDWV9MT0dJTl9PUl9DUkVBVEUQARIcChhTSUdOVVBfUE9MSUNZX0xPR0lOX09OTFkQAipcCgtBcGlLZXlTY29wZRIdChlBUElfS0VZX1NDT1BFX1VOU1BFQ0lGSUVEEAASFQoRQVBJX0tFWV9TQ09QRV9BUFAQARIXChNBUElfS0VZX1NDT1BFX0FETUlOEAIyowgKDEFkbWluU2VydmljZRJTCgxDcmVhdGVUZW5hbnQSIC5sYXRjaGtleS52MS5DcmVhdGVUZW5hbnRSZXF1ZXN0GiEubGF0Y2hrZXkudjEuQ3JlYXRlVGVuYW50UmVzcG9uc2USUAoLTGlzdFRlbmFudHMSHy5sYXRjaGtleS52MS5MaXN0VGVuYW50c1JlcXVlc3QaIC5sYXRjaGtleS52MS5MaXN0VGVuYW50c1Jlc3BvbnNlEkoKCUdldFRlbmFudBIdLmxhdGNoa2V5LnYxLkdldFRlbmFudFJlcXVlc3QaHi5sYXRjaGtleS52MS5HZXRUZW5hbnRSZXNwb25zZRJTCgxVcGRhdGVUZW5hbnQSIC5sYXRjaGtleS52MS5VcGRhdGVUZW5hbnRSZXF1ZXN0GiEubGF0Y2hrZXkudjEuVXBkYXRlVGVuYW50UmVzcG9uc2USUwoMQ3JlYXRlQXBpS2V5EiAubGF0Y2hrZXkudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBohLmxhdGNoa2V5LnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlElAKC0xpc3RBcGlLZXlzEh8ubGF0Y2hrZXkudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiAubGF0Y2hrZXkudjEuTGlzdEFwaUtleXNSZXNwb25zZRJTCgxSZXZva2VBcGlLZXkSIC5sYXRjaGtleS52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiEubGF0Y2hrZXkudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USRAoHR2V0VXNlchIbLmxhdGNoa2V5LnYxLkdldFVzZXJSZXF1ZXN0GhwubGF0Y2hrZXkudjEuR2V0VXNlclJlc3BvbnNlEkoKCUxpc3RVc2VycxIdLmxhdGNoa2V5LnYxLkxpc3RVc2Vyc1JlcXVlc3QaHi5sYXRjaGtleS52MS5MaXN0VXNlcnNSZXNwb25zZRJNCgpVcGRhdGVVc2VyEh4ubGF0Y2hrZXkudjEuVXBkYXRlVXNlclJlcXVlc3QaHy5sYXRjaGtleS52MS5VcGRhdGVVc2VyUmVzcG9uc2USUAoLRGlzYWJsZVVzZXISHy5sYXRjaGtleS52MS5EaXNhYmxlVXNlclJlcXVlc3QaIC5sYXRjaGtleS52MS5EaXNhYmxlVXNlclJlc3BvbnNlEk0KCkVuYWJsZVVzZXISHi5sYXRjaGtleS52MS5FbmFibGVVc2VyUmVxdWVzdBofLmxhdGNoa2V5LnYxLkVuYWJsZVVzZXJSZXNwb25zZRJNCgpEZWxldGVVc2VyEh4ubGF0Y2hrZXkudjEuRGVsZXRlVXNlclJlcXVlc3QaHy5sYXRjaGtleS52MS5EZWxldGVVc2VyUmVzcG9uc2VCjwEKD2Rldi5sYXRjaGtleS52MUIKQWRtaW5Qcm90b1ABWj1naXRodWIuY29tL2xhdGNoa2V5L2xhdGNoa2V5L2NsaWVudHMvZ28vbGF0Y2hrZXl2MTtsYXRjaGtleXYxogIDTFRLqgILTGF0Y2hrZXkuVjHKAgtMYXRjaGtleVxWMeoCDExhdGNoa2V5OjpWMWIGcHJvdG8z", [file_google_protobuf_timestamp, file_latchkey_v1_auth]);
 
 /**
  * A tenant's overrides of the server defaults. An absent field inherits the
@@ -154,6 +156,15 @@ export type TenantSettings = Message<"latchkey.v1.TenantSettings"> & {
    * @generated from field: optional uint32 verify_failure_budget = 18;
    */
   verifyFailureBudget?: number | undefined;
+
+  /**
+   * Claims every access token of this tenant carries in its `app_metadata`
+   * claim: a JSON object (as text) of at most 2 KB. A user's own
+   * app_metadata wins over a key of the same name.
+   *
+   * @generated from field: optional string static_claims = 19;
+   */
+  staticClaims?: string | undefined;
 };
 
 /**
@@ -776,6 +787,28 @@ export type GetUserResponse = Message<"latchkey.v1.GetUserResponse"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 3;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * When the user last changed: metadata set, disabled or enabled.
+   *
+   * @generated from field: google.protobuf.Timestamp updated_at = 4;
+   */
+  updatedAt?: Timestamp | undefined;
+
+  /**
+   * When the user was disabled; absent while they may log in.
+   *
+   * @generated from field: google.protobuf.Timestamp disabled_at = 5;
+   */
+  disabledAt?: Timestamp | undefined;
+
+  /**
+   * The app's data about the user: a JSON object (as text), `{}` when none
+   * was set.
+   *
+   * @generated from field: string app_metadata = 6;
+   */
+  appMetadata: string;
 };
 
 /**
@@ -784,6 +817,254 @@ export type GetUserResponse = Message<"latchkey.v1.GetUserResponse"> & {
  */
 export const GetUserResponseSchema: GenMessage<GetUserResponse> = /*@__PURE__*/
   messageDesc(file_latchkey_v1_admin, 18);
+
+/**
+ * Which users to list.
+ *
+ * @generated from message latchkey.v1.ListUsersRequest
+ */
+export type ListUsersRequest = Message<"latchkey.v1.ListUsersRequest"> & {
+  /**
+   * The users' tenant. Required.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Only addresses that start with this (lower-cased; a whole address is
+   * put in its canonical form, like StartAuth's).
+   *
+   * @generated from field: string email_prefix = 2;
+   */
+  emailPrefix: string;
+
+  /**
+   * Only users created at or after this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_after = 3;
+   */
+  createdAfter?: Timestamp | undefined;
+
+  /**
+   * Only users created before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 4;
+   */
+  createdBefore?: Timestamp | undefined;
+
+  /**
+   * Users per page: 0 means 50; more than 500 means 500.
+   *
+   * @generated from field: uint32 page_size = 5;
+   */
+  pageSize: number;
+
+  /**
+   * The `next_page_token` of the previous page; empty for the first page.
+   * Send the same filters with it.
+   *
+   * @generated from field: string page_token = 6;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message latchkey.v1.ListUsersRequest.
+ * Use `create(ListUsersRequestSchema)` to create a new message.
+ */
+export const ListUsersRequestSchema: GenMessage<ListUsersRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 19);
+
+/**
+ * A page of users.
+ *
+ * @generated from message latchkey.v1.ListUsersResponse
+ */
+export type ListUsersResponse = Message<"latchkey.v1.ListUsersResponse"> & {
+  /**
+   * The users, oldest first (users created in the same millisecond by id).
+   *
+   * @generated from field: repeated latchkey.v1.User users = 1;
+   */
+  users: User[];
+
+  /**
+   * Pass as `page_token` for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message latchkey.v1.ListUsersResponse.
+ * Use `create(ListUsersResponseSchema)` to create a new message.
+ */
+export const ListUsersResponseSchema: GenMessage<ListUsersResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 20);
+
+/**
+ * A new `app_metadata` for a user.
+ *
+ * @generated from message latchkey.v1.UpdateUserRequest
+ */
+export type UpdateUserRequest = Message<"latchkey.v1.UpdateUserRequest"> & {
+  /**
+   * The user's tenant. Required.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The user id. Required.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * A JSON object (as text), at most 2 KB once serialised compactly; it
+   * replaces the whole previous value. `{}` clears it. Required.
+   *
+   * @generated from field: string app_metadata = 3;
+   */
+  appMetadata: string;
+};
+
+/**
+ * Describes the message latchkey.v1.UpdateUserRequest.
+ * Use `create(UpdateUserRequestSchema)` to create a new message.
+ */
+export const UpdateUserRequestSchema: GenMessage<UpdateUserRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 21);
+
+/**
+ * The user after the change.
+ *
+ * @generated from message latchkey.v1.UpdateUserResponse
+ */
+export type UpdateUserResponse = Message<"latchkey.v1.UpdateUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: latchkey.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.UpdateUserResponse.
+ * Use `create(UpdateUserResponseSchema)` to create a new message.
+ */
+export const UpdateUserResponseSchema: GenMessage<UpdateUserResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 22);
+
+/**
+ * Names the user to disable.
+ *
+ * @generated from message latchkey.v1.DisableUserRequest
+ */
+export type DisableUserRequest = Message<"latchkey.v1.DisableUserRequest"> & {
+  /**
+   * The user's tenant. Required.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The user id. Required.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message latchkey.v1.DisableUserRequest.
+ * Use `create(DisableUserRequestSchema)` to create a new message.
+ */
+export const DisableUserRequestSchema: GenMessage<DisableUserRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 23);
+
+/**
+ * The user, disabled.
+ *
+ * @generated from message latchkey.v1.DisableUserResponse
+ */
+export type DisableUserResponse = Message<"latchkey.v1.DisableUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: latchkey.v1.User user = 1;
+   */
+  user?: User | undefined;
+
+  /**
+   * How many logins this call ended (sessions and pending logins).
+   *
+   * @generated from field: uint32 ended_logins = 2;
+   */
+  endedLogins: number;
+};
+
+/**
+ * Describes the message latchkey.v1.DisableUserResponse.
+ * Use `create(DisableUserResponseSchema)` to create a new message.
+ */
+export const DisableUserResponseSchema: GenMessage<DisableUserResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 24);
+
+/**
+ * Names the user to enable.
+ *
+ * @generated from message latchkey.v1.EnableUserRequest
+ */
+export type EnableUserRequest = Message<"latchkey.v1.EnableUserRequest"> & {
+  /**
+   * The user's tenant. Required.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The user id. Required.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message latchkey.v1.EnableUserRequest.
+ * Use `create(EnableUserRequestSchema)` to create a new message.
+ */
+export const EnableUserRequestSchema: GenMessage<EnableUserRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 25);
+
+/**
+ * The user, enabled.
+ *
+ * @generated from message latchkey.v1.EnableUserResponse
+ */
+export type EnableUserResponse = Message<"latchkey.v1.EnableUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: latchkey.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.EnableUserResponse.
+ * Use `create(EnableUserResponseSchema)` to create a new message.
+ */
+export const EnableUserResponseSchema: GenMessage<EnableUserResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 26);
 
 /**
  * Names the user to delete.
@@ -811,7 +1092,7 @@ export type DeleteUserRequest = Message<"latchkey.v1.DeleteUserRequest"> & {
  * Use `create(DeleteUserRequestSchema)` to create a new message.
  */
 export const DeleteUserRequestSchema: GenMessage<DeleteUserRequest> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_admin, 19);
+  messageDesc(file_latchkey_v1_admin, 27);
 
 /**
  * The user and their sessions are gone.
@@ -826,7 +1107,7 @@ export type DeleteUserResponse = Message<"latchkey.v1.DeleteUserResponse"> & {
  * Use `create(DeleteUserResponseSchema)` to create a new message.
  */
 export const DeleteUserResponseSchema: GenMessage<DeleteUserResponse> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_admin, 20);
+  messageDesc(file_latchkey_v1_admin, 28);
 
 /**
  * Whether an unknown address may sign up.
@@ -988,9 +1269,57 @@ export const AdminService: GenService<{
     output: typeof GetUserResponseSchema;
   },
   /**
-   * Deletes a user, with every session and refresh token of theirs: their
-   * sessions end at once (access tokens already issued live until they
-   * expire).
+   * A tenant's users, oldest first, a page at a time, filtered by address
+   * prefix and creation time.
+   *
+   * @generated from rpc latchkey.v1.AdminService.ListUsers
+   */
+  listUsers: {
+    methodKind: "unary";
+    input: typeof ListUsersRequestSchema;
+    output: typeof ListUsersResponseSchema;
+  },
+  /**
+   * Replaces a user's `app_metadata` (a JSON object of at most 2 KB, copied
+   * into the access tokens issued from then on).
+   *
+   * @generated from rpc latchkey.v1.AdminService.UpdateUser
+   */
+  updateUser: {
+    methodKind: "unary";
+    input: typeof UpdateUserRequestSchema;
+    output: typeof UpdateUserResponseSchema;
+  },
+  /**
+   * Disables a user: every login of theirs ends at once (sessions and
+   * pending logins, in the same transaction); Verify and Refresh refuse
+   * with USER_DISABLED; StartAuth for their address answers as for any
+   * address and sends nothing. Access tokens already issued live until
+   * they expire. Idempotent.
+   *
+   * @generated from rpc latchkey.v1.AdminService.DisableUser
+   */
+  disableUser: {
+    methodKind: "unary";
+    input: typeof DisableUserRequestSchema;
+    output: typeof DisableUserResponseSchema;
+  },
+  /**
+   * Lets a disabled user log in again. The sessions that disabling ended
+   * stay ended. Idempotent.
+   *
+   * @generated from rpc latchkey.v1.AdminService.EnableUser
+   */
+  enableUser: {
+    methodKind: "unary";
+    input: typeof EnableUserRequestSchema;
+    output: typeof EnableUserResponseSchema;
+  },
+  /**
+   * Deletes a user and every trace of their address: their sessions and
+   * refresh tokens, every login of the address (pending or ended) and
+   * every email to it in the outbox (queued, sent or dead). Their sessions
+   * end at once (access tokens already issued live until they expire).
    *
    * @generated from rpc latchkey.v1.AdminService.DeleteUser
    */

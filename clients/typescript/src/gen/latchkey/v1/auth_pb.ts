@@ -31,7 +31,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file latchkey/v1/auth.proto.
  */
 export const file_latchkey_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChZsYXRjaGtleS92MS9hdXRoLnByb3RvEgtsYXRjaGtleS52MSIsCgpDbGllbnRJbmZvEgoKAmlwGAEgASgJEhIKCnVzZXJfYWdlbnQYAiABKAkisAEKEFN0YXJ0QXV0aFJlcXVlc3QSDQoFZW1haWwYASABKAkSIwoGbWV0aG9kGAIgASgOMhMubGF0Y2hrZXkudjEuTWV0aG9kEhYKDnZhbGlkYXRpb25fdXJsGAMgASgJEicKBmNsaWVudBgEIAEoCzIXLmxhdGNoa2V5LnYxLkNsaWVudEluZm8SDgoGbG9jYWxlGAUgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCSJsChFTdGFydEF1dGhSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIkUKDVZlcmlmeVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIMCgRjb2RlGAIgASgJEhIKCmxpbmtfdG9rZW4YAyABKAkipQEKDlZlcmlmeVJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSEgoKZXhwaXJlc19pbhgDIAEoBRIVCg1yZWZyZXNoX3Rva2VuGAQgASgJEh8KBHVzZXIYBSABKAsyES5sYXRjaGtleS52MS5Vc2VyEhIKCnNlc3Npb25faWQYBiABKAkSEAoIbmV3X3VzZXIYByABKAgiUQoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCInCg5SZWZyZXNoUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJIl8KD1JlZnJlc2hSZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEhIKCmV4cGlyZXNfaW4YAyABKAUSFQoNcmVmcmVzaF90b2tlbhgEIAEoCSI6Cg1SZXZva2VSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIQCg5SZXZva2VSZXNwb25zZSIjCg5HZXRKd2tzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiMQoPR2V0Sndrc1Jlc3BvbnNlEh4KBGtleXMYASADKAsyEC5sYXRjaGtleS52MS5Kd2sicgoDSndrEgsKA2t0eRgBIAEoCRILCgNjcnYYAiABKAkSCQoBeBgDIAEoCRIJCgF5GAQgASgJEgkKAW4YBSABKAkSCQoBZRgGIAEoCRILCgNraWQYByABKAkSCwoDYWxnGAggASgJEgsKA3VzZRgJIAEoCSInChFSZXNlbmRDb2RlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIm0KElJlc2VuZENvZGVSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIiYKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSI+ChRMaXN0U2Vzc2lvbnNSZXNwb25zZRImCghzZXNzaW9ucxgBIAMoCzIULmxhdGNoa2V5LnYxLlNlc3Npb24i8gIKB1Nlc3Npb24SCgoCaWQYASABKAkSKAoFc3RhdGUYAiABKA4yGS5sYXRjaGtleS52MS5TZXNzaW9uU3RhdGUSEgoKZW5kX3JlYXNvbhgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt2ZXJpZmllZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbGFzdF9yZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgZjbGllbnQYCSABKAsyFy5sYXRjaGtleS52MS5DbGllbnRJbmZvIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIkYKGFJldm9rZUFsbFNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhkKEWV4Y2VwdF9zZXNzaW9uX2lkGAIgASgJIiwKGVJldm9rZUFsbFNlc3Npb25zUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoDSInChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJImoKF0ludHJvc3BlY3RUb2tlblJlc3BvbnNlEg4KBmFjdGl2ZRgBIAEoCBIoCgZjbGFpbXMYAiABKAsyGC5sYXRjaGtleS52MS5Ub2tlbkNsYWltcxIVCg1zZXNzaW9uX2VuZGVkGAMgASgIIuUBCgtUb2tlbkNsYWltcxILCgNpc3MYASABKAkSCwoDYXVkGAIgASgJEgsKA3N1YhgDIAEoCRINCgVlbWFpbBgEIAEoCRILCgNzaWQYBSABKAkSCwoDdGlkGAYgASgJEicKA2lhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDbmJmGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNleHAYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA2p0aRgKIAEoCSpcCgZNZXRob2QSFgoSTUVUSE9EX1VOU1BFQ0lGSUVEEAASDwoLTUVUSE9EX0NPREUQARIPCgtNRVRIT0RfTElOSxACEhgKFE1FVEhPRF9DT0RFX0FORF9MSU5LEAMqewoMU2Vzc2lvblN0YXRlEh0KGVNFU1NJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIYChRTRVNTSU9OX1NUQVRFX0FDVElWRRABEhcKE1NFU1NJT05fU1RBVEVfRU5ERUQQAhIZChVTRVNTSU9OX1NUQVRFX0VYUElSRUQQAyqRBAoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASIQodRVJST1JfUkVBU09OX0lOVkFMSURfQVJHVU1FTlQQARIdChlFUlJPUl9SRUFTT05fQ09ERV9JTlZBTElEEAISIgoeRVJST1JfUkVBU09OX1RPT19NQU5ZX0FUVEVNUFRTEAMSJgoiRVJST1JfUkVBU09OX1JFRlJFU0hfVE9LRU5fSU5WQUxJRBAEEiUKIUVSUk9SX1JFQVNPTl9SRUZSRVNIX1RPS0VOX1JFVVNFRBAFEisKJ0VSUk9SX1JFQVNPTl9WQUxJREFUSU9OX1VSTF9OT1RfQUxMT1dFRBAGEh0KGUVSUk9SX1JFQVNPTl9SQVRFX0xJTUlURUQQBxInCiNFUlJPUl9SRUFTT05fSURFTVBPVEVOQ1lfS0VZX1JFVVNFRBAIEiAKHEVSUk9SX1JFQVNPTl9VTkFVVEhFTlRJQ0FURUQQCRIiCh5FUlJPUl9SRUFTT05fUEVSTUlTU0lPTl9ERU5JRUQQChIaChZFUlJPUl9SRUFTT05fTk9UX0ZPVU5EEAsSHwobRVJST1JfUkVBU09OX0FMUkVBRFlfRVhJU1RTEAwSHAoYRVJST1JfUkVBU09OX1VOQVZBSUxBQkxFEA0SGQoVRVJST1JfUkVBU09OX0lOVEVSTkFMEA4yqQYKC0F1dGhTZXJ2aWNlEkoKCVN0YXJ0QXV0aBIdLmxhdGNoa2V5LnYxLlN0YXJ0QXV0aFJlcXVlc3QaHi5sYXRjaGtleS52MS5TdGFydEF1dGhSZXNwb25zZRJBCgZWZXJpZnkSGi5sYXRjaGtleS52MS5WZXJpZnlSZXF1ZXN0GhsubGF0Y2hrZXkudjEuVmVyaWZ5UmVzcG9uc2USRAoHUmVmcmVzaBIbLmxhdGNoa2V5LnYxLlJlZnJlc2hSZXF1ZXN0GhwubGF0Y2hrZXkudjEuUmVmcmVzaFJlc3BvbnNlEkEKBlJldm9rZRIaLmxhdGNoa2V5LnYxLlJldm9rZVJlcXVlc3QaGy5sYXRjaGtleS52MS5SZXZva2VSZXNwb25zZRJNCgpSZXNlbmRDb2RlEh4ubGF0Y2hrZXkudjEuUmVzZW5kQ29kZVJlcXVlc3QaHy5sYXRjaGtleS52MS5SZXNlbmRDb2RlUmVzcG9uc2USUwoMTGlzdFNlc3Npb25zEiAubGF0Y2hrZXkudjEuTGlzdFNlc3Npb25zUmVxdWVzdBohLmxhdGNoa2V5LnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElYKDVJldm9rZVNlc3Npb24SIS5sYXRjaGtleS52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBoiLmxhdGNoa2V5LnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJiChFSZXZva2VBbGxTZXNzaW9ucxIlLmxhdGNoa2V5LnYxLlJldm9rZUFsbFNlc3Npb25zUmVxdWVzdBomLmxhdGNoa2V5LnYxLlJldm9rZUFsbFNlc3Npb25zUmVzcG9uc2USXAoPSW50cm9zcGVjdFRva2VuEiMubGF0Y2hrZXkudjEuSW50cm9zcGVjdFRva2VuUmVxdWVzdBokLmxhdGNoa2V5LnYxLkludHJvc3BlY3RUb2tlblJlc3BvbnNlEkQKB0dldEp3a3MSGy5sYXRjaGtleS52MS5HZXRKd2tzUmVxdWVzdBocLmxhdGNoa2V5LnYxLkdldEp3a3NSZXNwb25zZUKOAQoPZGV2LmxhdGNoa2V5LnYxQglBdXRoUHJvdG9QAVo9Z2l0aHViLmNvbS9sYXRjaGtleS9sYXRjaGtleS9jbGllbnRzL2dvL2xhdGNoa2V5djE7bGF0Y2hrZXl2MaICA0xUS6oCC0xhdGNoa2V5LlYxygILTGF0Y2hrZXlcVjHqAgxMYXRjaGtleTo6VjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChZsYXRjaGtleS92MS9hdXRoLnByb3RvEgtsYXRjaGtleS52MSIsCgpDbGllbnRJbmZvEgoKAmlwGAEgASgJEhIKCnVzZXJfYWdlbnQYAiABKAkisAEKEFN0YXJ0QXV0aFJlcXVlc3QSDQoFZW1haWwYASABKAkSIwoGbWV0aG9kGAIgASgOMhMubGF0Y2hrZXkudjEuTWV0aG9kEhYKDnZhbGlkYXRpb25fdXJsGAMgASgJEicKBmNsaWVudBgEIAEoCzIXLmxhdGNoa2V5LnYxLkNsaWVudEluZm8SDgoGbG9jYWxlGAUgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCSJsChFTdGFydEF1dGhSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIkUKDVZlcmlmeVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIMCgRjb2RlGAIgASgJEhIKCmxpbmtfdG9rZW4YAyABKAkipQEKDlZlcmlmeVJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSEgoKZXhwaXJlc19pbhgDIAEoBRIVCg1yZWZyZXNoX3Rva2VuGAQgASgJEh8KBHVzZXIYBSABKAsyES5sYXRjaGtleS52MS5Vc2VyEhIKCnNlc3Npb25faWQYBiABKAkSEAoIbmV3X3VzZXIYByABKAgiyAEKBFVzZXISCgoCaWQYASABKAkSDQoFZW1haWwYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGlzYWJsZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGFwcF9tZXRhZGF0YRgGIAEoCSInCg5SZWZyZXNoUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJIl8KD1JlZnJlc2hSZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEhIKCmV4cGlyZXNfaW4YAyABKAUSFQoNcmVmcmVzaF90b2tlbhgEIAEoCSI6Cg1SZXZva2VSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIQCg5SZXZva2VSZXNwb25zZSIjCg5HZXRKd2tzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiMQoPR2V0Sndrc1Jlc3BvbnNlEh4KBGtleXMYASADKAsyEC5sYXRjaGtleS52MS5Kd2sicgoDSndrEgsKA2t0eRgBIAEoCRILCgNjcnYYAiABKAkSCQoBeBgDIAEoCRIJCgF5GAQgASgJEgkKAW4YBSABKAkSCQoBZRgGIAEoCRILCgNraWQYByABKAkSCwoDYWxnGAggASgJEgsKA3VzZRgJIAEoCSInChFSZXNlbmRDb2RlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIm0KElJlc2VuZENvZGVSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIiYKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSI+ChRMaXN0U2Vzc2lvbnNSZXNwb25zZRImCghzZXNzaW9ucxgBIAMoCzIULmxhdGNoa2V5LnYxLlNlc3Npb24i8gIKB1Nlc3Npb24SCgoCaWQYASABKAkSKAoFc3RhdGUYAiABKA4yGS5sYXRjaGtleS52MS5TZXNzaW9uU3RhdGUSEgoKZW5kX3JlYXNvbhgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt2ZXJpZmllZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbGFzdF9yZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgZjbGllbnQYCSABKAsyFy5sYXRjaGtleS52MS5DbGllbnRJbmZvIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIkYKGFJldm9rZUFsbFNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhkKEWV4Y2VwdF9zZXNzaW9uX2lkGAIgASgJIiwKGVJldm9rZUFsbFNlc3Npb25zUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoDSInChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJImoKF0ludHJvc3BlY3RUb2tlblJlc3BvbnNlEg4KBmFjdGl2ZRgBIAEoCBIoCgZjbGFpbXMYAiABKAsyGC5sYXRjaGtleS52MS5Ub2tlbkNsYWltcxIVCg1zZXNzaW9uX2VuZGVkGAMgASgIIvsBCgtUb2tlbkNsYWltcxILCgNpc3MYASABKAkSCwoDYXVkGAIgASgJEgsKA3N1YhgDIAEoCRINCgVlbWFpbBgEIAEoCRILCgNzaWQYBSABKAkSCwoDdGlkGAYgASgJEicKA2lhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDbmJmGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNleHAYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA2p0aRgKIAEoCRIUCgxhcHBfbWV0YWRhdGEYCyABKAkiOwoZQXV0aFNlcnZpY2VHZXRVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWVtYWlsGAIgASgJIj0KGkF1dGhTZXJ2aWNlR2V0VXNlclJlc3BvbnNlEh8KBHVzZXIYASABKAsyES5sYXRjaGtleS52MS5Vc2VyIkUKHEF1dGhTZXJ2aWNlVXBkYXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIUCgxhcHBfbWV0YWRhdGEYAiABKAkiQAodQXV0aFNlcnZpY2VVcGRhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLmxhdGNoa2V5LnYxLlVzZXIqXAoGTWV0aG9kEhYKEk1FVEhPRF9VTlNQRUNJRklFRBAAEg8KC01FVEhPRF9DT0RFEAESDwoLTUVUSE9EX0xJTksQAhIYChRNRVRIT0RfQ09ERV9BTkRfTElOSxADKnsKDFNlc3Npb25TdGF0ZRIdChlTRVNTSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUU0VTU0lPTl9TVEFURV9BQ1RJVkUQARIXChNTRVNTSU9OX1NUQVRFX0VOREVEEAISGQoVU0VTU0lPTl9TVEFURV9FWFBJUkVEEAMqsQQKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEiEKHUVSUk9SX1JFQVNPTl9JTlZBTElEX0FSR1VNRU5UEAESHQoZRVJST1JfUkVBU09OX0NPREVfSU5WQUxJRBACEiIKHkVSUk9SX1JFQVNPTl9UT09fTUFOWV9BVFRFTVBUUxADEiYKIkVSUk9SX1JFQVNPTl9SRUZSRVNIX1RPS0VOX0lOVkFMSUQQBBIlCiFFUlJPUl9SRUFTT05fUkVGUkVTSF9UT0tFTl9SRVVTRUQQBRIrCidFUlJPUl9SRUFTT05fVkFMSURBVElPTl9VUkxfTk9UX0FMTE9XRUQQBhIdChlFUlJPUl9SRUFTT05fUkFURV9MSU1JVEVEEAcSJwojRVJST1JfUkVBU09OX0lERU1QT1RFTkNZX0tFWV9SRVVTRUQQCBIgChxFUlJPUl9SRUFTT05fVU5BVVRIRU5USUNBVEVEEAkSIgoeRVJST1JfUkVBU09OX1BFUk1JU1NJT05fREVOSUVEEAoSGgoWRVJST1JfUkVBU09OX05PVF9GT1VORBALEh8KG0VSUk9SX1JFQVNPTl9BTFJFQURZX0VYSVNUUxAMEhwKGEVSUk9SX1JFQVNPTl9VTkFWQUlMQUJMRRANEhkKFUVSUk9SX1JFQVNPTl9JTlRFUk5BTBAOEh4KGkVSUk9SX1JFQVNPTl9VU0VSX0RJU0FCTEVEEA8y6gcKC0F1dGhTZXJ2aWNlEkoKCVN0YXJ0QXV0aBIdLmxhdGNoa2V5LnYxLlN0YXJ0QXV0aFJlcXVlc3QaHi5sYXRjaGtleS52MS5TdGFydEF1dGhSZXNwb25zZRJBCgZWZXJpZnkSGi5sYXRjaGtleS52MS5WZXJpZnlSZXF1ZXN0GhsubGF0Y2hrZXkudjEuVmVyaWZ5UmVzcG9uc2USRAoHUmVmcmVzaBIbLmxhdGNoa2V5LnYxLlJlZnJlc2hSZXF1ZXN0GhwubGF0Y2hrZXkudjEuUmVmcmVzaFJlc3BvbnNlEkEKBlJldm9rZRIaLmxhdGNoa2V5LnYxLlJldm9rZVJlcXVlc3QaGy5sYXRjaGtleS52MS5SZXZva2VSZXNwb25zZRJNCgpSZXNlbmRDb2RlEh4ubGF0Y2hrZXkudjEuUmVzZW5kQ29kZVJlcXVlc3QaHy5sYXRjaGtleS52MS5SZXNlbmRDb2RlUmVzcG9uc2USUwoMTGlzdFNlc3Npb25zEiAubGF0Y2hrZXkudjEuTGlzdFNlc3Npb25zUmVxdWVzdBohLmxhdGNoa2V5LnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElYKDVJldm9rZVNlc3Npb24SIS5sYXRjaGtleS52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBoiLmxhdGNoa2V5LnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJiChFSZXZva2VBbGxTZXNzaW9ucxIlLmxhdGNoa2V5LnYxLlJldm9rZUFsbFNlc3Npb25zUmVxdWVzdBomLmxhdGNoa2V5LnYxLlJldm9rZUFsbFNlc3Npb25zUmVzcG9uc2USXAoPSW50cm9zcGVjdFRva2VuEiMubGF0Y2hrZXkudjEuSW50cm9zcGVjdFRva2VuUmVxdWVzdBokLmxhdGNoa2V5LnYxLkludHJvc3BlY3RUb2tlblJlc3BvbnNlEloKB0dldFVzZXISJi5sYXRjaGtleS52MS5BdXRoU2VydmljZUdldFVzZXJSZXF1ZXN0GicubGF0Y2hrZXkudjEuQXV0aFNlcnZpY2VHZXRVc2VyUmVzcG9uc2USYwoKVXBkYXRlVXNlchIpLmxhdGNoa2V5LnYxLkF1dGhTZXJ2aWNlVXBkYXRlVXNlclJlcXVlc3QaKi5sYXRjaGtleS52MS5BdXRoU2VydmljZVVwZGF0ZVVzZXJSZXNwb25zZRJECgdHZXRKd2tzEhsubGF0Y2hrZXkudjEuR2V0Sndrc1JlcXVlc3QaHC5sYXRjaGtleS52MS5HZXRKd2tzUmVzcG9uc2VCjgEKD2Rldi5sYXRjaGtleS52MUIJQXV0aFByb3RvUAFaPWdpdGh1Yi5jb20vbGF0Y2hrZXkvbGF0Y2hrZXkvY2xpZW50cy9nby9sYXRjaGtleXYxO2xhdGNoa2V5djGiAgNMVEuqAgtMYXRjaGtleS5WMcoCC0xhdGNoa2V5XFYx6gIMTGF0Y2hrZXk6OlYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Facts about the end user's client, as seen by the calling backend. Stored
@@ -301,6 +301,28 @@ export type User = Message<"latchkey.v1.User"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 3;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * When the user last changed: metadata set, disabled or enabled.
+   *
+   * @generated from field: google.protobuf.Timestamp updated_at = 4;
+   */
+  updatedAt?: Timestamp | undefined;
+
+  /**
+   * When the user was disabled; absent while they may log in.
+   *
+   * @generated from field: google.protobuf.Timestamp disabled_at = 5;
+   */
+  disabledAt?: Timestamp | undefined;
+
+  /**
+   * The app's data about the user: a JSON object (as text), `{}` when none
+   * was set. Access tokens carry it in their `app_metadata` claim.
+   *
+   * @generated from field: string app_metadata = 6;
+   */
+  appMetadata: string;
 };
 
 /**
@@ -937,6 +959,15 @@ export type TokenClaims = Message<"latchkey.v1.TokenClaims"> & {
    * @generated from field: string jti = 10;
    */
   jti: string;
+
+  /**
+   * The `app_metadata` claim: the tenant's static claims and the user's
+   * app_metadata merged (the user's keys win), as JSON text; empty when the
+   * token has no such claim.
+   *
+   * @generated from field: string app_metadata = 11;
+   */
+  appMetadata: string;
 };
 
 /**
@@ -945,6 +976,106 @@ export type TokenClaims = Message<"latchkey.v1.TokenClaims"> & {
  */
 export const TokenClaimsSchema: GenMessage<TokenClaims> = /*@__PURE__*/
   messageDesc(file_latchkey_v1_auth, 24);
+
+/**
+ * Names a user of the caller's tenant.
+ *
+ * @generated from message latchkey.v1.AuthServiceGetUserRequest
+ */
+export type AuthServiceGetUserRequest = Message<"latchkey.v1.AuthServiceGetUserRequest"> & {
+  /**
+   * The user id; or leave empty and give `email`.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The user's address (put in canonical form like StartAuth's) when
+   * `user_id` is empty.
+   *
+   * @generated from field: string email = 2;
+   */
+  email: string;
+};
+
+/**
+ * Describes the message latchkey.v1.AuthServiceGetUserRequest.
+ * Use `create(AuthServiceGetUserRequestSchema)` to create a new message.
+ */
+export const AuthServiceGetUserRequestSchema: GenMessage<AuthServiceGetUserRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 25);
+
+/**
+ * The user.
+ *
+ * @generated from message latchkey.v1.AuthServiceGetUserResponse
+ */
+export type AuthServiceGetUserResponse = Message<"latchkey.v1.AuthServiceGetUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: latchkey.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.AuthServiceGetUserResponse.
+ * Use `create(AuthServiceGetUserResponseSchema)` to create a new message.
+ */
+export const AuthServiceGetUserResponseSchema: GenMessage<AuthServiceGetUserResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 26);
+
+/**
+ * A new `app_metadata` for a user of the caller's tenant.
+ *
+ * @generated from message latchkey.v1.AuthServiceUpdateUserRequest
+ */
+export type AuthServiceUpdateUserRequest = Message<"latchkey.v1.AuthServiceUpdateUserRequest"> & {
+  /**
+   * The user id. Required.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * A JSON object (as text), at most 2 KB once serialised compactly; it
+   * replaces the whole previous value. `{}` clears it. Required.
+   *
+   * @generated from field: string app_metadata = 2;
+   */
+  appMetadata: string;
+};
+
+/**
+ * Describes the message latchkey.v1.AuthServiceUpdateUserRequest.
+ * Use `create(AuthServiceUpdateUserRequestSchema)` to create a new message.
+ */
+export const AuthServiceUpdateUserRequestSchema: GenMessage<AuthServiceUpdateUserRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 27);
+
+/**
+ * The user after the change.
+ *
+ * @generated from message latchkey.v1.AuthServiceUpdateUserResponse
+ */
+export type AuthServiceUpdateUserResponse = Message<"latchkey.v1.AuthServiceUpdateUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: latchkey.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.AuthServiceUpdateUserResponse.
+ * Use `create(AuthServiceUpdateUserResponseSchema)` to create a new message.
+ */
+export const AuthServiceUpdateUserResponseSchema: GenMessage<AuthServiceUpdateUserResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 28);
 
 /**
  * How the user proves they own the address.
@@ -1154,6 +1285,15 @@ export enum ErrorReason {
    * @generated from enum value: ERROR_REASON_INTERNAL = 14;
    */
   INTERNAL = 14,
+
+  /**
+   * The user is disabled: Verify and Refresh refuse (gRPC
+   * PERMISSION_DENIED, HTTP 403). StartAuth never says so: it answers as
+   * for any address and sends nothing.
+   *
+   * @generated from enum value: ERROR_REASON_USER_DISABLED = 15;
+   */
+  USER_DISABLED = 15,
 }
 
 /**
@@ -1285,6 +1425,30 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof IntrospectTokenRequestSchema;
     output: typeof IntrospectTokenResponseSchema;
+  },
+  /**
+   * A user of the caller's tenant, by id or by address. A user of another
+   * tenant answers NOT_FOUND, as a missing one does.
+   *
+   * @generated from rpc latchkey.v1.AuthService.GetUser
+   */
+  getUser: {
+    methodKind: "unary";
+    input: typeof AuthServiceGetUserRequestSchema;
+    output: typeof AuthServiceGetUserResponseSchema;
+  },
+  /**
+   * Replaces a user's `app_metadata`: a JSON object of at most 2 KB that
+   * every access token issued from then on carries in its `app_metadata`
+   * claim (with the tenant's static claims). Only users of the caller's
+   * tenant; another tenant's user answers NOT_FOUND.
+   *
+   * @generated from rpc latchkey.v1.AuthService.UpdateUser
+   */
+  updateUser: {
+    methodKind: "unary";
+    input: typeof AuthServiceUpdateUserRequestSchema;
+    output: typeof AuthServiceUpdateUserResponseSchema;
   },
   /**
    * Returns the public keys that verify one tenant's access tokens (RFC 7517
