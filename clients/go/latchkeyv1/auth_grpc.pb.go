@@ -28,14 +28,16 @@ type AuthServiceClient interface {
 	// token. On success the login session becomes active and the user is
 	// created if this is their first login. Wrong, expired, already used and
 	// unknown codes and links all answer CODE_INVALID; after too many wrong
-	// codes the session is dead and answers TOO_MANY_ATTEMPTS.
+	// codes the session is dead and answers TOO_MANY_ATTEMPTS. A disabled
+	// user's proof answers USER_DISABLED.
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
 	// Exchanges a refresh token for a new access token and a new refresh token.
 	// Every refresh token works once. Presenting an already used refresh token
 	// again within a short grace window (a client retrying a request whose
 	// answer it lost) returns the same successor again; after the window it is
 	// treated as theft: the whole session ends and the call answers
-	// REFRESH_TOKEN_REUSED.
+	// REFRESH_TOKEN_REUSED. A disabled user's refresh token answers
+	// USER_DISABLED.
 	Refresh(ctx context.Context, in *RefreshRequest, opts ...grpc.CallOption) (*RefreshResponse, error)
 	// Ends a login session (logout). Every refresh token of the session stops
 	// working at once. Idempotent: revoking an ended or unknown session succeeds.
@@ -208,14 +210,16 @@ type AuthServiceServer interface {
 	// token. On success the login session becomes active and the user is
 	// created if this is their first login. Wrong, expired, already used and
 	// unknown codes and links all answer CODE_INVALID; after too many wrong
-	// codes the session is dead and answers TOO_MANY_ATTEMPTS.
+	// codes the session is dead and answers TOO_MANY_ATTEMPTS. A disabled
+	// user's proof answers USER_DISABLED.
 	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
 	// Exchanges a refresh token for a new access token and a new refresh token.
 	// Every refresh token works once. Presenting an already used refresh token
 	// again within a short grace window (a client retrying a request whose
 	// answer it lost) returns the same successor again; after the window it is
 	// treated as theft: the whole session ends and the call answers
-	// REFRESH_TOKEN_REUSED.
+	// REFRESH_TOKEN_REUSED. A disabled user's refresh token answers
+	// USER_DISABLED.
 	Refresh(context.Context, *RefreshRequest) (*RefreshResponse, error)
 	// Ends a login session (logout). Every refresh token of the session stops
 	// working at once. Idempotent: revoking an ended or unknown session succeeds.

@@ -128,7 +128,8 @@ class AuthServiceServicer:
         token. On success the login session becomes active and the user is
         created if this is their first login. Wrong, expired, already used and
         unknown codes and links all answer CODE_INVALID; after too many wrong
-        codes the session is dead and answers TOO_MANY_ATTEMPTS.
+        codes the session is dead and answers TOO_MANY_ATTEMPTS. A disabled
+        user's proof answers USER_DISABLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,7 +141,8 @@ class AuthServiceServicer:
         again within a short grace window (a client retrying a request whose
         answer it lost) returns the same successor again; after the window it is
         treated as theft: the whole session ends and the call answers
-        REFRESH_TOKEN_REUSED.
+        REFRESH_TOKEN_REUSED. A disabled user's refresh token answers
+        USER_DISABLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
