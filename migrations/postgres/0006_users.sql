@@ -10,5 +10,9 @@ ALTER TABLE users ADD COLUMN app_metadata TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE users ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0;
 UPDATE users SET updated_at = created_at;
 
+-- A change of address: the user whose address this login proves the new
+-- one of (NULL: an ordinary login).
+ALTER TABLE auth_sessions ADD COLUMN email_change_of TEXT;
+
 -- ListUsers pages through a tenant's users in this order.
 CREATE INDEX users_listing ON users (tenant_id, created_at, id);

@@ -55,13 +55,7 @@ impl Api {
         tenant: &Arc<Tenant>,
         req: proto::StartAuthRequest,
     ) -> Result<proto::StartAuthResponse, AuthError> {
-        let method = match proto::Method::try_from(req.method) {
-            Ok(proto::Method::Unspecified) => None,
-            Ok(proto::Method::Code) => Some(auth::Method::Code),
-            Ok(proto::Method::Link) => Some(auth::Method::Link),
-            Ok(proto::Method::CodeAndLink) => Some(auth::Method::CodeAndLink),
-            Err(_) => return Err(AuthError::invalid("method", "unknown method")),
-        };
+        let method = method_of(req.method)?;
         let client = req.client.unwrap_or_default();
         let (auth, tenant) = (self.auth.clone(), tenant.clone());
         let started = to_completion(async move {
@@ -71,14 +65,10 @@ impl Api {
                     email: req.email,
                     method,
                     validation_url: given(req.validation_url),
-                    client: auth::ClientInfo {
-                        ip: given(client.ip),
-                        // (Only empty is absent: blanks and control
-                        // characters are the domain's to refuse.)
-                        user_agent: Some(client.user_agent).filter(|ua| !ua.is_empty()),
-                    },
+                    client: client_of(client),
                     locale: given(req.locale),
                     idempotency_key: given(req.idempotency_key),
+                    email_change_of: None,
                 },
             )
             .await
@@ -265,6 +255,37 @@ impl Api {
         })
     }
 
+    pub async fn start_email_change(
+        &self,
+        tenant: &Arc<Tenant>,
+        req: proto::StartEmailChangeRequest,
+    ) -> Result<proto::StartEmailChangeResponse, AuthError> {
+        let method = method_of(req.method)?;
+        let client = client_of(req.client.unwrap_or_default());
+        let (auth, tenant) = (self.auth.clone(), tenant.clone());
+        let started = to_completion(async move {
+            auth.start_auth(
+                &tenant,
+                auth::StartAuth {
+                    email: req.new_email,
+                    method,
+                    validation_url: given(req.validation_url),
+                    client,
+                    locale: given(req.locale),
+                    idempotency_key: None,
+                    email_change_of: Some(req.user_id),
+                },
+            )
+            .await
+        })
+        .await?;
+        Ok(proto::StartEmailChangeResponse {
+            session_id: started.session_id,
+            expires_at: Some(timestamp(started.expires_at)),
+            code_length: u32::from(started.code_length),
+        })
+    }
+
     pub async fn get_user(
         &self,
         tenant: &Tenant,
@@ -391,6 +412,26 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The proof a login asks for (`None`: the server chooses).
+fn method_of(method: i32) -> Result<Option<auth::Method>, AuthError> {
+    match proto::Method::try_from(method) {
+        Ok(proto::Method::Unspecified) => Ok(None),
+        Ok(proto::Method::Code) => Ok(Some(auth::Method::Code)),
+        Ok(proto::Method::Link) => Ok(Some(auth::Method::Link)),
+        Ok(proto::Method::CodeAndLink) => Ok(Some(auth::Method::CodeAndLink)),
+        Err(_) => Err(AuthError::invalid("method", "unknown method")),
+    }
+}
+
+fn client_of(client: proto::ClientInfo) -> auth::ClientInfo {
+    auth::ClientInfo {
+        ip: given(client.ip),
+        // (Only empty is absent: blanks and control characters are the
+        // domain's to refuse.)
+        user_agent: Some(client.user_agent).filter(|ua| !ua.is_empty()),
     }
 }
 

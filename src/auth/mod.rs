@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod apikeys;
 pub mod email;
+mod email_change;
 mod input;
 pub mod keys;
 pub mod limits;
@@ -74,6 +75,9 @@ pub struct StartAuth {
     pub locale: Option<String>,
     /// Makes retries of this request return its first answer (24 h).
     pub idempotency_key: Option<String>,
+    /// A change of address (StartEmailChange): the user whose new address
+    /// `email` is.
+    pub email_change_of: Option<String>,
 }
 
 #[derive(Clone, Debug)]

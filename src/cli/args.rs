@@ -291,6 +291,7 @@ pub enum EmailPurpose {
     Link,
     CodeAndLink,
     NoAccount,
+    EmailChanged,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

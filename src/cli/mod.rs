@@ -229,11 +229,13 @@ async fn tenant_command(settings: Settings, command: TenantCommand) -> anyhow::R
 /// The settings `tenant create` and `tenant update` of latchkey 0.1 did not
 /// store unless typed; it stored every other one, typed or not (the
 /// server's values of the moment).
-const NOT_WRITTEN_BY_THE_OLD_CLI: [&str; 4] = [
+const NOT_WRITTEN_BY_THE_OLD_CLI: [&str; 5] = [
     "allowed_validation_urls",
     "signup_policy",
     "notify_unknown_address",
     "default_validation_url",
+    // (Newer than that command line.)
+    "static_claims",
 ];
 
 fn written_by_the_old_cli() -> impl Iterator<Item = &'static str> {
@@ -539,6 +541,13 @@ fn email_command(settings: &Settings, command: EmailCommand) -> anyhow::Result<(
         EmailPurpose::NoAccount => {
             templates.no_account(&tenant, &locale, &settings.app_name, email)?
         }
+        EmailPurpose::EmailChanged => templates.email_changed(
+            &tenant,
+            &locale,
+            &settings.app_name,
+            email,
+            "a***@new.example.com",
+        )?,
     };
     match part {
         EmailPart::Subject => println!("{}", rendered.subject),

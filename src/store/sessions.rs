@@ -23,6 +23,8 @@ pub struct NewSession<'a> {
     pub validation_url: Option<&'a str>,
     pub locale: &'a str,
     pub mail_kind: MailKind,
+    /// A change of address: the user whose new address this login proves.
+    pub email_change_of: Option<&'a str>,
 }
 
 /// What a counted verification attempt sees.
@@ -32,6 +34,8 @@ pub struct CodeAttempt {
     pub code_hash: Vec<u8>,
     /// Attempts so far, this one included.
     pub attempts: i32,
+    /// A change of address: the user whose new address this is.
+    pub email_change_of: Option<String>,
 }
 
 /// A pending session, as a resend sees it.
@@ -78,6 +82,8 @@ pub struct SessionRow {
 pub struct LinkedSession {
     pub session_id: String,
     pub email: String,
+    /// A change of address: the user whose new address this is.
+    pub email_change_of: Option<String>,
 }
 
 /// The state of a session, for explaining a refused attempt.
@@ -130,11 +136,11 @@ stored_enum! {
 /// is suppressed (decided here, in the same statement: no extra round trip).
 const INSERT_SESSION: &str = "INSERT INTO auth_sessions \
     (id, tenant_id, email, method, state, code_hash, link_hash, proof_expires_at, client_ip, user_agent, created_at, \
-     validation_url, locale, mail_kind) \
+     validation_url, locale, mail_kind, email_change_of) \
     SELECT $1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $12, \
       CASE WHEN EXISTS (SELECT 1 FROM users \
           WHERE tenant_id = $2 AND email = $3 AND disabled_at IS NOT NULL) \
-        THEN 'suppressed' ELSE $13 END \
+        THEN 'suppressed' ELSE $13 END, $14 \
     RETURNING mail_kind";
 
 /// Locks a pending session for a resend and returns what the email needs.
@@ -163,13 +169,13 @@ const SESSION_STATE: &str =
 const TAKE_CODE_ATTEMPT: &str = "UPDATE auth_sessions SET attempts = attempts + 1 \
     WHERE id = $1 AND tenant_id = $2 AND state = 'pending' AND code_hash IS NOT NULL \
       AND proof_expires_at > $3 AND attempts < $4 \
-    RETURNING email, code_hash, attempts";
+    RETURNING email, code_hash, attempts, email_change_of";
 
 /// Takes the row lock of the pending, unexpired session a link token belongs
 /// to (activation follows in the same transaction).
 const TAKE_LINK: &str = "UPDATE auth_sessions SET attempts = attempts \
     WHERE link_hash = $1 AND tenant_id = $2 AND state = 'pending' AND proof_expires_at > $3 \
-    RETURNING id AS session_id, email";
+    RETURNING id AS session_id, email, email_change_of";
 
 /// Moves the proof's expiry later (never earlier) once its email went out.
 const EXTEND_PROOF: &str = "UPDATE auth_sessions SET proof_expires_at = $2 \
@@ -204,6 +210,7 @@ impl Tx {
                 .bind(s.validation_url)
                 .bind(s.locale)
                 .bind(s.mail_kind.as_str())
+                .bind(s.email_change_of)
                 .fetch_one(conn)
                 .await
         })?;

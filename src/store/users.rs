@@ -72,6 +72,17 @@ const LIST_USERS: &str = concat!(
      ORDER BY created_at, id LIMIT $7"
 );
 
+/// (Only an enabled user's address changes.)
+const SET_EMAIL: &str = concat!(
+    "UPDATE users SET email = $3, updated_at = $4 \
+     WHERE tenant_id = $1 AND id = $2 AND disabled_at IS NULL RETURNING ",
+    user_columns!()
+);
+
+/// A user's sessions that can still be refreshed carry their new address.
+const SET_SESSIONS_EMAIL: &str = "UPDATE auth_sessions SET email = $3 \
+    WHERE tenant_id = $1 AND user_id = $2 AND state = 'active'";
+
 const USER_EXISTS: &str = "SELECT id FROM users WHERE tenant_id = $1 AND email = $2";
 
 /// Disabling an already disabled user keeps its first time.
@@ -98,16 +109,20 @@ const SET_METADATA: &str = concat!(
 /// wiped, so a code already sent stops working.
 const END_ALL_SESSIONS_OF_USER: &str = "UPDATE auth_sessions \
     SET state = 'ended', end_reason = $4, ended_at = $5, code_hash = NULL, link_hash = NULL \
-    WHERE tenant_id = $1 AND (user_id = $2 OR email = $3) AND state IN ('pending', 'active')";
+    WHERE tenant_id = $1 AND (user_id = $2 OR email = $3 OR email_change_of = $2) \
+      AND state IN ('pending', 'active')";
 
-// A deleted user's sessions are theirs and every login (pending, or ended
-// before it made them a user) of their address ($3).
+// A deleted user's sessions are theirs, every login (pending, or ended
+// before it made them a user) of their address ($3), and every change of
+// address they started.
 const DELETE_USER_TOKENS: &str = "DELETE FROM refresh_tokens WHERE tenant_id = $1 AND session_id IN \
-    (SELECT id FROM auth_sessions WHERE tenant_id = $1 AND (user_id = $2 OR email = $3))";
+    (SELECT id FROM auth_sessions WHERE tenant_id = $1 \
+       AND (user_id = $2 OR email = $3 OR email_change_of = $2))";
 const DELETE_USER_MAIL: &str = "DELETE FROM outbox WHERE tenant_id = $1 AND (recipient = $3 OR session_id IN \
-    (SELECT id FROM auth_sessions WHERE tenant_id = $1 AND (user_id = $2 OR email = $3)))";
-const DELETE_USER_SESSIONS: &str =
-    "DELETE FROM auth_sessions WHERE tenant_id = $1 AND (user_id = $2 OR email = $3)";
+    (SELECT id FROM auth_sessions WHERE tenant_id = $1 \
+       AND (user_id = $2 OR email = $3 OR email_change_of = $2)))";
+const DELETE_USER_SESSIONS: &str = "DELETE FROM auth_sessions WHERE tenant_id = $1 \
+    AND (user_id = $2 OR email = $3 OR email_change_of = $2)";
 const DELETE_USER: &str = "DELETE FROM users WHERE tenant_id = $1 AND id = $2";
 
 impl Tx {
@@ -152,6 +167,49 @@ impl Tx {
                 .fetch_optional(conn)
                 .await
         })?)
+    }
+
+    /// A user by id, in this transaction.
+    pub async fn user_by_id(&mut self, tenant_id: &str, id: &str) -> Result<Option<UserRow>> {
+        Ok(on_tx!(self, "user_by_id", |conn| {
+            sqlx::query_as::<_, UserRow>(USER_BY_ID)
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(conn)
+                .await
+        })?)
+    }
+
+    /// Gives an enabled user a new address, and their active sessions with
+    /// it (tokens they refresh carry it). `None`: no such enabled user.
+    pub async fn set_user_email(
+        &mut self,
+        tenant_id: &str,
+        id: &str,
+        email: &str,
+        now: UnixMillis,
+    ) -> Result<Option<UserRow>> {
+        let row = on_tx!(self, "set_user_email", |conn| {
+            sqlx::query_as::<_, UserRow>(SET_EMAIL)
+                .bind(tenant_id)
+                .bind(id)
+                .bind(email)
+                .bind(now)
+                .fetch_optional(conn)
+                .await
+        })?;
+        if row.is_some() {
+            on_tx!(self, "set_user_email", |conn| {
+                sqlx::query(SET_SESSIONS_EMAIL)
+                    .bind(tenant_id)
+                    .bind(id)
+                    .bind(email)
+                    .execute(conn)
+                    .await
+                    .map(|r| r.rows_affected())
+            })?;
+        }
+        Ok(row)
     }
 
     /// Whether the tenant has a user with this address.

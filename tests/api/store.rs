@@ -60,6 +60,7 @@ async fn insert_session_for(store: &Store, id: &str, tenant: &str, email: &str) 
             validation_url: None,
             locale: "en",
             mail_kind: MailKind::SignIn,
+            email_change_of: None,
         })
         .await
         .unwrap();

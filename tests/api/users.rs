@@ -623,3 +623,102 @@ async fn the_user_commands_act_on_the_database(backend: Backend) {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("user not found"));
 }
+
+matrix!(a_change_of_address_keeps_the_user_and_tells_the_old_address);
+
+async fn a_change_of_address_keeps_the_user_and_tells_the_old_address(case: Case) {
+    let app = spawn_app(case).await;
+    let old = "ivy@example.com";
+    let new = "ivy.new@example.com";
+    let login = app.login(old).await;
+    let user = login.verify.user.clone().unwrap();
+    app.login("taken@example.com").await;
+    let change = |user_id: &str, email: &str| {
+        app.api.start_email_change(proto::StartEmailChangeRequest {
+            user_id: user_id.into(),
+            new_email: email.into(),
+            method: proto::Method::Code as i32,
+            ..Default::default()
+        })
+    };
+
+    // Refused up front, nothing sent: another user's address, the same
+    // address, a bad one, someone else's tenant.
+    let taken = change(&user.id, "TAKEN@example.com").await.unwrap_err();
+    assert_eq!(taken.code, "ALREADY_EXISTS");
+    taken.assert_status(tonic::Code::AlreadyExists, 409);
+    let same = change(&user.id, "Ivy@Example.com").await.unwrap_err();
+    assert_eq!(same.code, "INVALID_ARGUMENT");
+    let bad = change(&user.id, "not an address").await.unwrap_err();
+    assert_eq!(
+        bad.field,
+        crate::helpers::field_name(app.api.transport(), "new_email")
+    );
+    let (_, other) = app.tenant("other", TenantSettings::default()).await;
+    let foreign = other
+        .start_email_change(proto::StartEmailChangeRequest {
+            user_id: user.id.clone(),
+            new_email: new.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code, "NOT_FOUND");
+
+    // The proof goes to the new address.
+    let started = change(&user.id, " Ivy.New@example.com ").await.unwrap();
+    let code = app.smtp.wait_for(new).await.code();
+    let verified = app.verify(&started.session_id, &code).await.unwrap();
+    let moved = verified.user.clone().unwrap();
+    assert_eq!(moved.id, user.id, "the same user");
+    assert_eq!(moved.email, new);
+    assert!(!verified.new_user);
+    let (_, claims) = verify_with_jwks(&app, &verified.token).await;
+    assert_eq!(
+        (claims.sub.as_str(), claims.email.as_str()),
+        (user.id.as_str(), new)
+    );
+
+    // The old address is told, with the new one masked.
+    // (Its first email was the sign-in code.)
+    let notice = app.smtp.wait_for_count(old, 2).await.remove(1);
+    let subject = notice.header("Subject").unwrap();
+    assert!(subject.contains("sign-in address was changed"), "{subject}");
+    let text = notice.part("text/plain");
+    assert!(
+        text.contains("i***@example.com") && !text.contains(new),
+        "{text}"
+    );
+    app.wait_outbox_drained().await;
+
+    // Tokens refreshed from the old session carry the new address too.
+    let refreshed = app.refresh(&login.verify.refresh_token).await.unwrap();
+    let (_, claims) = verify_with_jwks(&app, &refreshed.token).await;
+    assert_eq!(claims.email, new);
+    let by_new = get_user_by_email(&app.api, new).await.unwrap();
+    assert_eq!(by_new.id, user.id);
+    let by_old = get_user_by_email(&app.api, old).await.unwrap_err();
+    assert_eq!(by_old.code, "NOT_FOUND");
+    // The proof was used once.
+    let again = app.verify(&started.session_id, &code).await.unwrap_err();
+    assert_eq!(again.code, "CODE_INVALID");
+
+    // If another user takes the address before the proof comes back, the
+    // change is refused and nothing moves.
+    let started = change(&user.id, "race@example.com").await.unwrap();
+    let code = app.smtp.wait_for("race@example.com").await.code();
+    app.login("race@example.com").await;
+    let lost = app.verify(&started.session_id, &code).await.unwrap_err();
+    assert_eq!(lost.code, "ALREADY_EXISTS");
+    let still = get_user(&app.api, &user.id).await.unwrap();
+    assert_eq!(still.email, new);
+}
+
+async fn get_user_by_email(api: &ApiClient, email: &str) -> Result<proto::User, ApiError> {
+    api.get_user(proto::AuthServiceGetUserRequest {
+        email: email.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.user.unwrap())
+}

@@ -68,6 +68,15 @@ type AuthServiceClient interface {
 	// claim (with the tenant's static claims). Only users of the caller's
 	// tenant; another tenant's user answers NOT_FOUND.
 	UpdateUser(ctx context.Context, in *AuthServiceUpdateUserRequest, opts ...grpc.CallOption) (*AuthServiceUpdateUserResponse, error)
+	// Starts a change of a user's address: emails a code and/or magic link to
+	// the new address, exactly as StartAuth does (same limits, same canonical
+	// form). Verify with that proof moves the user to the new address (same
+	// user id), logs them in there (its tokens, and those of every refresh
+	// after, carry the new address) and emails a notice to the old address.
+	// An address another user has answers ALREADY_EXISTS (here, and at
+	// Verify if someone took it meanwhile); a disabled user USER_DISABLED;
+	// another tenant's or an unknown user NOT_FOUND.
+	StartEmailChange(ctx context.Context, in *StartEmailChangeRequest, opts ...grpc.CallOption) (*StartEmailChangeResponse, error)
 	// Returns the public keys that verify one tenant's access tokens (RFC 7517
 	// JSON Web Keys). Public: needs no API key. Each tenant signs with keys of
 	// its own, so a token of one tenant never verifies with another's set. A
@@ -186,6 +195,15 @@ func (c *authServiceClient) UpdateUser(ctx context.Context, in *AuthServiceUpdat
 	return out, nil
 }
 
+func (c *authServiceClient) StartEmailChange(ctx context.Context, in *StartEmailChangeRequest, opts ...grpc.CallOption) (*StartEmailChangeResponse, error) {
+	out := new(StartEmailChangeResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/StartEmailChange", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *authServiceClient) GetJwks(ctx context.Context, in *GetJwksRequest, opts ...grpc.CallOption) (*GetJwksResponse, error) {
 	out := new(GetJwksResponse)
 	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/GetJwks", in, out, opts...)
@@ -250,6 +268,15 @@ type AuthServiceServer interface {
 	// claim (with the tenant's static claims). Only users of the caller's
 	// tenant; another tenant's user answers NOT_FOUND.
 	UpdateUser(context.Context, *AuthServiceUpdateUserRequest) (*AuthServiceUpdateUserResponse, error)
+	// Starts a change of a user's address: emails a code and/or magic link to
+	// the new address, exactly as StartAuth does (same limits, same canonical
+	// form). Verify with that proof moves the user to the new address (same
+	// user id), logs them in there (its tokens, and those of every refresh
+	// after, carry the new address) and emails a notice to the old address.
+	// An address another user has answers ALREADY_EXISTS (here, and at
+	// Verify if someone took it meanwhile); a disabled user USER_DISABLED;
+	// another tenant's or an unknown user NOT_FOUND.
+	StartEmailChange(context.Context, *StartEmailChangeRequest) (*StartEmailChangeResponse, error)
 	// Returns the public keys that verify one tenant's access tokens (RFC 7517
 	// JSON Web Keys). Public: needs no API key. Each tenant signs with keys of
 	// its own, so a token of one tenant never verifies with another's set. A
@@ -298,6 +325,9 @@ func (UnimplementedAuthServiceServer) GetUser(context.Context, *AuthServiceGetUs
 }
 func (UnimplementedAuthServiceServer) UpdateUser(context.Context, *AuthServiceUpdateUserRequest) (*AuthServiceUpdateUserResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UpdateUser not implemented")
+}
+func (UnimplementedAuthServiceServer) StartEmailChange(context.Context, *StartEmailChangeRequest) (*StartEmailChangeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartEmailChange not implemented")
 }
 func (UnimplementedAuthServiceServer) GetJwks(context.Context, *GetJwksRequest) (*GetJwksResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetJwks not implemented")
@@ -513,6 +543,24 @@ func _AuthService_UpdateUser_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuthService_StartEmailChange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartEmailChangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).StartEmailChange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/StartEmailChange",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).StartEmailChange(ctx, req.(*StartEmailChangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AuthService_GetJwks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetJwksRequest)
 	if err := dec(in); err != nil {
@@ -578,6 +626,10 @@ var _AuthService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateUser",
 			Handler:    _AuthService_UpdateUser_Handler,
+		},
+		{
+			MethodName: "StartEmailChange",
+			Handler:    _AuthService_StartEmailChange_Handler,
 		},
 		{
 			MethodName: "GetJwks",

@@ -68,6 +68,14 @@ fn request_constraints(message: &str) -> Vec<(&'static str, Value)> {
             vec![("sessionId", json!({ "format": "uuid" }))]
         }
         "ListSessionsRequest" => vec![("userId", json!({ "format": "uuid" }))],
+        "StartEmailChangeRequest" => vec![
+            ("userId", json!({ "format": "uuid" })),
+            (
+                "newEmail",
+                json!({ "format": "email", "minLength": 3, "maxLength": email::MAX_EMAIL_LEN }),
+            ),
+            ("validationUrl", json!({ "maxLength": auth::MAX_URL_LEN })),
+        ],
         "AuthServiceGetUserRequest" => vec![
             (
                 "userId",
@@ -116,6 +124,7 @@ fn request_required(message: &str) -> &'static [&'static str] {
         "ListSessionsRequest" | "RevokeAllSessionsRequest" => &["userId"],
         "IntrospectTokenRequest" => &["token"],
         "AuthServiceUpdateUserRequest" => &["userId", "appMetadata"],
+        "StartEmailChangeRequest" => &["userId", "newEmail"],
         _ => &[],
     }
 }

@@ -325,6 +325,32 @@ class TokenClaims(_message.Message):
     app_metadata: str
     def __init__(self, iss: _Optional[str] = ..., aud: _Optional[str] = ..., sub: _Optional[str] = ..., email: _Optional[str] = ..., sid: _Optional[str] = ..., tid: _Optional[str] = ..., iat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nbf: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jti: _Optional[str] = ..., app_metadata: _Optional[str] = ...) -> None: ...
 
+class StartEmailChangeRequest(_message.Message):
+    __slots__ = ("user_id", "new_email", "method", "validation_url", "client", "locale")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_EMAIL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_URL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    LOCALE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    new_email: str
+    method: Method
+    validation_url: str
+    client: ClientInfo
+    locale: str
+    def __init__(self, user_id: _Optional[str] = ..., new_email: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., validation_url: _Optional[str] = ..., client: _Optional[_Union[ClientInfo, _Mapping]] = ..., locale: _Optional[str] = ...) -> None: ...
+
+class StartEmailChangeResponse(_message.Message):
+    __slots__ = ("session_id", "expires_at", "code_length")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CODE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    code_length: int
+    def __init__(self, session_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., code_length: _Optional[int] = ...) -> None: ...
+
 class AuthServiceGetUserRequest(_message.Message):
     __slots__ = ("user_id", "email")
     USER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -95,6 +95,11 @@ class AuthServiceStub:
                 request_serializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserRequest.SerializeToString,
                 response_deserializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserResponse.FromString,
                 _registered_method=True)
+        self.StartEmailChange = channel.unary_unary(
+                '/latchkey.v1.AuthService/StartEmailChange',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.StartEmailChangeRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.StartEmailChangeResponse.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/latchkey.v1.AuthService/GetJwks',
                 request_serializer=latchkey_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
@@ -217,6 +222,20 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartEmailChange(self, request, context):
+        """Starts a change of a user's address: emails a code and/or magic link to
+        the new address, exactly as StartAuth does (same limits, same canonical
+        form). Verify with that proof moves the user to the new address (same
+        user id), logs them in there (its tokens, and those of every refresh
+        after, carry the new address) and emails a notice to the old address.
+        An address another user has answers ALREADY_EXISTS (here, and at
+        Verify if someone took it meanwhile); a disabled user USER_DISABLED;
+        another tenant's or an unknown user NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJwks(self, request, context):
         """Returns the public keys that verify one tenant's access tokens (RFC 7517
         JSON Web Keys). Public: needs no API key. Each tenant signs with keys of
@@ -288,6 +307,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.UpdateUser,
                     request_deserializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserRequest.FromString,
                     response_serializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserResponse.SerializeToString,
+            ),
+            'StartEmailChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartEmailChange,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.StartEmailChangeRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.StartEmailChangeResponse.SerializeToString,
             ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
@@ -598,6 +622,33 @@ class AuthService:
             '/latchkey.v1.AuthService/UpdateUser',
             latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserRequest.SerializeToString,
             latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartEmailChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/StartEmailChange',
+            latchkey_dot_v1_dot_auth__pb2.StartEmailChangeRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.StartEmailChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
