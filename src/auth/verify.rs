@@ -244,7 +244,9 @@ impl AuthService {
                     let verified = self
                         .activate(tx, tenant, session_id, user, false, now)
                         .await?;
+                    // (The notice to the old address.)
                     self.inner.outbox_wake.notify_one();
+                    metrics::count(metrics::EMAILS, "event", "queued");
                     return Ok(verified);
                 }
                 Err(refused) => {
