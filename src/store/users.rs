@@ -112,6 +112,14 @@ const END_ALL_SESSIONS_OF_USER: &str = "UPDATE auth_sessions \
     WHERE tenant_id = $1 AND (user_id = $2 OR email = $3 OR email_change_of = $2) \
       AND state IN ('pending', 'active')";
 
+/// The emails of a user's pending logins that are not out yet become
+/// suppressed: nothing more goes to a disabled user. (Only queued rows: the
+/// partial index `outbox_due` holds exactly those.)
+const SUPPRESS_QUEUED_MAIL_OF_USER: &str = "UPDATE outbox SET kind = 'suppressed' \
+    WHERE tenant_id = $1 AND state = 'queued' AND kind = 'sign_in' AND session_id IN \
+      (SELECT id FROM auth_sessions WHERE tenant_id = $1 AND state = 'pending' \
+         AND (user_id = $2 OR email = $3 OR email_change_of = $2))";
+
 // A deleted user's sessions are theirs, every login (pending, or ended
 // before it made them a user) of their address ($3), and every change of
 // address they started.
@@ -265,7 +273,8 @@ impl Tx {
 
     /// Ends every login of a user that is not over yet: their active
     /// sessions and every pending login of their address (its proofs stop
-    /// working). Returns how many ended.
+    /// working, and its email, if not out yet, is never sent). Returns how
+    /// many ended.
     pub async fn end_every_login_of_user(
         &mut self,
         tenant_id: &str,
@@ -273,6 +282,15 @@ impl Tx {
         reason: SessionEnd,
         now: UnixMillis,
     ) -> Result<u64> {
+        on_tx!(self, "end_every_login_of_user", |conn| {
+            sqlx::query(SUPPRESS_QUEUED_MAIL_OF_USER)
+                .bind(tenant_id)
+                .bind(&user.id)
+                .bind(&user.email)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
         Ok(on_tx!(self, "end_every_login_of_user", |conn| {
             sqlx::query(END_ALL_SESSIONS_OF_USER)
                 .bind(tenant_id)
