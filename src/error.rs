@@ -44,6 +44,9 @@ pub enum AuthError {
     /// A valid key without the right scope (an app key on the admin surface).
     #[error("{0}")]
     PermissionDenied(&'static str),
+    /// The user is disabled: no login, no refresh.
+    #[error("this user is disabled")]
+    UserDisabled,
     /// An admin operation names something that does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -104,6 +107,7 @@ impl AuthError {
             Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             Self::Unauthenticated => ErrorCode::Unauthenticated,
             Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Self::UserDisabled => ErrorCode::UserDisabled,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Self::AccessTokenInvalid => ErrorCode::AccessTokenInvalid,
@@ -183,11 +187,12 @@ pub enum ErrorCode {
     PasskeyInvalid,
     PasskeyCounterRegressed,
     PasskeyNotFound,
+    UserDisabled,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::InvalidArgument,
         Self::CodeInvalid,
         Self::TooManyAttempts,
@@ -208,6 +213,7 @@ impl ErrorCode {
         Self::PasskeyInvalid,
         Self::PasskeyCounterRegressed,
         Self::PasskeyNotFound,
+        Self::UserDisabled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -232,6 +238,7 @@ impl ErrorCode {
             Self::PasskeyInvalid => "PASSKEY_INVALID",
             Self::PasskeyCounterRegressed => "PASSKEY_COUNTER_REGRESSED",
             Self::PasskeyNotFound => "PASSKEY_NOT_FOUND",
+            Self::UserDisabled => "USER_DISABLED",
         }
     }
 }

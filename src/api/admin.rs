@@ -6,13 +6,14 @@ use tonic::{Request, Response, Status};
 
 use super::{
     grpc::{Authenticated, MAX_REQUEST_BYTES, reply, status, tenant},
-    timestamp, to_completion,
+    timestamp, to_completion, user_to_proto,
 };
 use crate::{
     auth::{
         admin::{Admin, ApiKeyInfo},
         apikeys::Scope,
         tenants::{SignupPolicy, Tenant, TenantSettings},
+        users::UserFilter,
     },
     error::AuthError,
     proto::{self, admin_service_server},
@@ -123,9 +124,7 @@ impl admin_service_server::AdminService for GrpcAdmin {
             Ok(proto::ApiKeyScope::Admin) => Scope::Admin,
             Err(_) => return Err(status(AuthError::invalid("scope", "unknown scope"))),
         };
-        let expires_at = req
-            .expires_at
-            .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000);
+        let expires_at = req.expires_at.map(millis_of);
         let admin = self.admin.clone();
         reply(
             to_completion(async move {
@@ -182,11 +181,104 @@ impl admin_service_server::AdminService for GrpcAdmin {
             self.admin
                 .find_user(&req.tenant_id, &req.user_id, &req.email)
                 .await
-                .map(|u| proto::GetUserResponse {
-                    id: u.id,
-                    email: u.email,
-                    created_at: Some(timestamp(u.created_at)),
+                .map(|u| {
+                    let u = user_to_proto(u);
+                    proto::GetUserResponse {
+                        id: u.id,
+                        email: u.email,
+                        created_at: u.created_at,
+                        updated_at: u.updated_at,
+                        disabled_at: u.disabled_at,
+                        app_metadata: u.app_metadata,
+                    }
                 }),
+        )
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<proto::ListUsersRequest>,
+    ) -> Result<Response<proto::ListUsersResponse>, Status> {
+        admin_key(&request)?;
+        let req = request.into_inner();
+        let filter = UserFilter {
+            email_prefix: Some(req.email_prefix).filter(|p| !p.trim().is_empty()),
+            created_from: req.created_after.map(millis_of),
+            created_before: req.created_before.map(millis_of),
+            page_size: req.page_size,
+            page_token: Some(req.page_token).filter(|t| !t.is_empty()),
+        };
+        let result = match self.admin.users(&req.tenant_id) {
+            Ok(users) => users.list(&req.tenant_id, &filter).await,
+            Err(e) => Err(e),
+        };
+        reply(result.map(|page| proto::ListUsersResponse {
+            users: page.users.into_iter().map(user_to_proto).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<proto::UpdateUserRequest>,
+    ) -> Result<Response<proto::UpdateUserResponse>, Status> {
+        admin_key(&request)?;
+        let req = request.into_inner();
+        let admin = self.admin.clone();
+        reply(
+            to_completion(async move {
+                admin
+                    .users(&req.tenant_id)?
+                    .update_metadata(&req.tenant_id, &req.user_id, &req.app_metadata)
+                    .await
+            })
+            .await
+            .map(|u| proto::UpdateUserResponse {
+                user: Some(user_to_proto(u)),
+            }),
+        )
+    }
+
+    async fn disable_user(
+        &self,
+        request: Request<proto::DisableUserRequest>,
+    ) -> Result<Response<proto::DisableUserResponse>, Status> {
+        admin_key(&request)?;
+        let req = request.into_inner();
+        let admin = self.admin.clone();
+        reply(
+            to_completion(async move {
+                admin
+                    .users(&req.tenant_id)?
+                    .disable(&req.tenant_id, &req.user_id)
+                    .await
+            })
+            .await
+            .map(|(u, ended)| proto::DisableUserResponse {
+                user: Some(user_to_proto(u)),
+                ended_logins: u32::try_from(ended).unwrap_or(u32::MAX),
+            }),
+        )
+    }
+
+    async fn enable_user(
+        &self,
+        request: Request<proto::EnableUserRequest>,
+    ) -> Result<Response<proto::EnableUserResponse>, Status> {
+        admin_key(&request)?;
+        let req = request.into_inner();
+        let admin = self.admin.clone();
+        reply(
+            to_completion(async move {
+                admin
+                    .users(&req.tenant_id)?
+                    .enable(&req.tenant_id, &req.user_id)
+                    .await
+            })
+            .await
+            .map(|u| proto::EnableUserResponse {
+                user: Some(user_to_proto(u)),
+            }),
         )
     }
 
@@ -203,6 +295,11 @@ impl admin_service_server::AdminService for GrpcAdmin {
                 .map(|()| proto::DeleteUserResponse {}),
         )
     }
+}
+
+/// A proto timestamp in Unix milliseconds.
+fn millis_of(t: pbjson_types::Timestamp) -> crate::clock::UnixMillis {
+    t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000
 }
 
 /// How a tenant setting's type travels in `proto::TenantSettings`.

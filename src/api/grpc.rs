@@ -223,6 +223,7 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         ErrorCode::PasskeyInvalid => tonic::Code::Unauthenticated,
         ErrorCode::PasskeyCounterRegressed => tonic::Code::PermissionDenied,
         ErrorCode::PasskeyNotFound => tonic::Code::NotFound,
+        ErrorCode::UserDisabled => tonic::Code::PermissionDenied,
     }
 }
 

@@ -56,13 +56,7 @@ impl Api {
         tenant: &Arc<Tenant>,
         req: proto::StartAuthRequest,
     ) -> Result<proto::StartAuthResponse, AuthError> {
-        let method = match proto::Method::try_from(req.method) {
-            Ok(proto::Method::Unspecified) => None,
-            Ok(proto::Method::Code) => Some(auth::Method::Code),
-            Ok(proto::Method::Link) => Some(auth::Method::Link),
-            Ok(proto::Method::CodeAndLink) => Some(auth::Method::CodeAndLink),
-            Err(_) => return Err(AuthError::invalid("method", "unknown method")),
-        };
+        let method = method_of(req.method)?;
         let client = req.client.unwrap_or_default();
         let (auth, tenant) = (self.auth.clone(), tenant.clone());
         let started = to_completion(async move {
@@ -72,14 +66,10 @@ impl Api {
                     email: req.email,
                     method,
                     validation_url: given(req.validation_url),
-                    client: auth::ClientInfo {
-                        ip: given(client.ip),
-                        // (Only empty is absent: blanks and control
-                        // characters are the domain's to refuse.)
-                        user_agent: Some(client.user_agent).filter(|ua| !ua.is_empty()),
-                    },
+                    client: client_of(client),
                     locale: given(req.locale),
                     idempotency_key: given(req.idempotency_key),
+                    email_change_of: None,
                 },
             )
             .await
@@ -250,7 +240,76 @@ impl Api {
                 nbf: Some(seconds(c.nbf)),
                 exp: Some(seconds(c.exp)),
                 jti: c.jti.into_owned(),
+                app_metadata: c
+                    .app_metadata
+                    .map(|m| serde_json::Value::Object(m).to_string())
+                    .unwrap_or_default(),
             }),
+        })
+    }
+
+    pub async fn start_email_change(
+        &self,
+        tenant: &Arc<Tenant>,
+        req: proto::StartEmailChangeRequest,
+    ) -> Result<proto::StartEmailChangeResponse, AuthError> {
+        let method = method_of(req.method)?;
+        let client = client_of(req.client.unwrap_or_default());
+        let (auth, tenant) = (self.auth.clone(), tenant.clone());
+        let started = to_completion(async move {
+            auth.start_auth(
+                &tenant,
+                auth::StartAuth {
+                    email: req.new_email,
+                    method,
+                    validation_url: given(req.validation_url),
+                    client,
+                    locale: given(req.locale),
+                    idempotency_key: None,
+                    email_change_of: Some(req.user_id),
+                },
+            )
+            .await
+        })
+        .await?;
+        Ok(proto::StartEmailChangeResponse {
+            session_id: started.session_id,
+            expires_at: Some(timestamp(started.expires_at)),
+            code_length: u32::from(started.code_length),
+        })
+    }
+
+    pub async fn get_user(
+        &self,
+        tenant: &Tenant,
+        req: proto::AuthServiceGetUserRequest,
+    ) -> Result<proto::AuthServiceGetUserResponse, AuthError> {
+        let user = self
+            .auth
+            .get_user(
+                tenant,
+                given(req.user_id).as_deref(),
+                given(req.email).as_deref(),
+            )
+            .await?;
+        Ok(proto::AuthServiceGetUserResponse {
+            user: Some(user_to_proto(user)),
+        })
+    }
+
+    pub async fn update_user(
+        &self,
+        tenant: &Arc<Tenant>,
+        req: proto::AuthServiceUpdateUserRequest,
+    ) -> Result<proto::AuthServiceUpdateUserResponse, AuthError> {
+        let (auth, tenant) = (self.auth.clone(), tenant.clone());
+        let user = to_completion(async move {
+            auth.update_user(&tenant, &req.user_id, &req.app_metadata)
+                .await
+        })
+        .await?;
+        Ok(proto::AuthServiceUpdateUserResponse {
+            user: Some(user_to_proto(user)),
         })
     }
 
@@ -356,13 +415,41 @@ fn verified_to_proto(verified: auth::Verified) -> proto::VerifyResponse {
         token_type: "Bearer".to_owned(),
         expires_in: verified.tokens.expires_in,
         refresh_token: verified.tokens.refresh_token.into_string(),
-        user: Some(proto::User {
-            id: verified.user.id,
-            email: verified.user.email,
-            created_at: Some(timestamp(verified.user.created_at)),
-        }),
+        user: Some(user_to_proto(verified.user)),
         session_id: verified.session_id,
         new_user: verified.new_user,
+    }
+}
+
+/// The proof a login asks for (`None`: the server chooses).
+fn method_of(method: i32) -> Result<Option<auth::Method>, AuthError> {
+    match proto::Method::try_from(method) {
+        Ok(proto::Method::Unspecified) => Ok(None),
+        Ok(proto::Method::Code) => Ok(Some(auth::Method::Code)),
+        Ok(proto::Method::Link) => Ok(Some(auth::Method::Link)),
+        Ok(proto::Method::CodeAndLink) => Ok(Some(auth::Method::CodeAndLink)),
+        Err(_) => Err(AuthError::invalid("method", "unknown method")),
+    }
+}
+
+fn client_of(client: proto::ClientInfo) -> auth::ClientInfo {
+    auth::ClientInfo {
+        ip: given(client.ip),
+        // (Only empty is absent: blanks and control characters are the
+        // domain's to refuse.)
+        user_agent: Some(client.user_agent).filter(|ua| !ua.is_empty()),
+    }
+}
+
+/// A user as both services return it.
+pub(crate) fn user_to_proto(user: auth::User) -> proto::User {
+    proto::User {
+        id: user.id,
+        email: user.email,
+        created_at: Some(timestamp(user.created_at)),
+        updated_at: Some(timestamp(user.updated_at)),
+        disabled_at: user.disabled_at.map(timestamp),
+        app_metadata: user.app_metadata,
     }
 }
 

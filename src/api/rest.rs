@@ -375,6 +375,7 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::PasskeyInvalid => StatusCode::UNAUTHORIZED,
         ErrorCode::PasskeyCounterRegressed => StatusCode::FORBIDDEN,
         ErrorCode::PasskeyNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::UserDisabled => StatusCode::FORBIDDEN,
     }
 }
 

@@ -28,7 +28,7 @@ macro_rules! gateway_rpcs {
         $callback! {
             start_auth StartAuth(StartAuthRequest) -> StartAuthResponse at "/auth/start"
                 also [422, 429] with $crate::api::rest::idempotency_key_header;
-            verify Verify(VerifyRequest) -> VerifyResponse at "/auth/verify" also [429];
+            verify Verify(VerifyRequest) -> VerifyResponse at "/auth/verify" also [409, 429];
             refresh Refresh(RefreshRequest) -> RefreshResponse at "/auth/refresh" also [];
             revoke Revoke(RevokeRequest) -> RevokeResponse at "/auth/revoke" also [];
             resend_code ResendCode(ResendCodeRequest) -> ResendCodeResponse at "/auth/resend"
@@ -53,6 +53,12 @@ macro_rules! gateway_rpcs {
                 at "/passkeys/list" also [];
             delete_passkey DeletePasskey(DeletePasskeyRequest) -> DeletePasskeyResponse
                 at "/passkeys/delete" also [404];
+            get_user GetUser(AuthServiceGetUserRequest) -> AuthServiceGetUserResponse
+                at "/users/get" also [404];
+            update_user UpdateUser(AuthServiceUpdateUserRequest) -> AuthServiceUpdateUserResponse
+                at "/users/update" also [404];
+            start_email_change StartEmailChange(StartEmailChangeRequest) -> StartEmailChangeResponse
+                at "/users/change-email" also [404, 409, 429];
         }
     };
 }

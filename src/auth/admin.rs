@@ -7,9 +7,9 @@ use std::sync::Arc;
 use super::{
     DEFAULT_TENANT, User,
     apikeys::{self, ApiKeys, Scope},
-    email::EmailAddress,
     keys::KeyRings,
     tenants::{SETTING_NAMES, Tenant, TenantSettings, Tenants, effective_policy},
+    users::Users,
 };
 use crate::{
     clock::{Clock, UnixMillis},
@@ -65,6 +65,7 @@ pub struct Admin {
     tenants: Tenants,
     api_keys: Option<ApiKeys>,
     signing_keys: Option<KeyRings>,
+    users: Users,
     clock: Clock,
 }
 
@@ -85,6 +86,7 @@ impl Admin {
             None => (None, None),
         };
         Self {
+            users: Users::new(store.clone(), clock.clone()),
             store,
             tenants,
             api_keys,
@@ -245,6 +247,12 @@ impl Admin {
         }
     }
 
+    /// The user operations, for any tenant that exists.
+    pub fn users(&self, tenant_id: &str) -> Result<&Users, AuthError> {
+        self.tenant(tenant_id)?;
+        Ok(&self.users)
+    }
+
     /// A user by id or by address.
     pub async fn find_user(
         &self,
@@ -252,34 +260,18 @@ impl Admin {
         id: &str,
         email: &str,
     ) -> Result<User, AuthError> {
-        self.tenant(tenant_id)?;
-        let row = match (id.trim().is_empty(), email.trim().is_empty()) {
-            (false, _) => self.store.user_by_id(tenant_id, id.trim()).await?,
-            (true, false) => {
-                let email = EmailAddress::parse(email)?;
-                self.store.user_by_email(tenant_id, email.as_str()).await?
-            }
-            (true, true) => return Err(AuthError::invalid("user_id", "give user_id or email")),
-        };
-        let row = row.ok_or(AuthError::NotFound("user"))?;
-        Ok(User {
-            id: row.id,
-            email: row.email,
-            created_at: row.created_at,
-        })
+        fn given(s: &str) -> Option<&str> {
+            Some(s).filter(|s| !s.trim().is_empty())
+        }
+        self.users(tenant_id)?
+            .get(tenant_id, given(id), given(email))
+            .await
     }
 
     /// Deletes a user and everything of theirs; every session ends at once
     /// (their refresh tokens stop working).
     pub async fn delete_user(&self, tenant_id: &str, user_id: &str) -> Result<(), AuthError> {
-        self.tenant(tenant_id)?;
-        if user_id.trim().is_empty() {
-            return Err(AuthError::invalid("user_id", "is required"));
-        }
-        if !self.store.delete_user(tenant_id, user_id.trim()).await? {
-            return Err(AuthError::NotFound("user"));
-        }
-        Ok(())
+        self.users(tenant_id)?.delete(tenant_id, user_id).await
     }
 }
 

@@ -40,7 +40,16 @@ impl AuthService {
     pub async fn start_auth(&self, tenant: &Tenant, req: StartAuth) -> Result<Started, AuthError> {
         let inner = &self.inner;
         let policy = &tenant.policy;
-        let email = EmailAddress::parse(&req.email)?;
+        let email = match &req.email_change_of {
+            // (The request's field is `new_email`.)
+            Some(_) => EmailAddress::parse(&req.email).map_err(|e| match e {
+                AuthError::InvalidArgument { reason, .. } => {
+                    AuthError::invalid("new_email", reason)
+                }
+                other => other,
+            })?,
+            None => EmailAddress::parse(&req.email)?,
+        };
         if req
             .validation_url
             .as_ref()
@@ -87,12 +96,20 @@ impl AuthService {
         }
 
         let idempotency_key = parse_idempotency_key(req.idempotency_key.as_deref())?;
+        let email_change_of = match req.email_change_of.as_deref() {
+            Some(user_id) => Some(
+                self.email_change_target(tenant, user_id, email.as_str())
+                    .await?,
+            ),
+            None => None,
+        };
         // What makes a retry "the same request".
         let fingerprint = request_fingerprint(&[
             email.as_str(),
             method.as_str(),
             validation_url.as_ref().map_or("", |u| u.as_str()),
             locale,
+            email_change_of.as_deref().unwrap_or(""),
         ]);
 
         let now = inner.clock.now_ms();
@@ -153,6 +170,7 @@ impl AuthService {
         // database work (a session nobody can verify, an outbox row), but
         // the row is a "no account" notice or nothing at all, never a proof.
         let kind = match policy.signup_policy {
+            _ if email_change_of.is_some() => MailKind::SignIn,
             SignupPolicy::LoginOrCreate => MailKind::SignIn,
             SignupPolicy::LoginOnly => {
                 if tx.user_exists(&tenant.id, email.as_str()).await? {
@@ -164,22 +182,25 @@ impl AuthService {
                 }
             }
         };
-        tx.insert_session(&NewSession {
-            id: &session_id,
-            tenant_id: &tenant.id,
-            email: email.as_str(),
-            method,
-            code_hash: proofs.code_hash.as_ref().map(|h| h.as_slice()),
-            link_hash: proofs.link_hash.as_ref().map(|h| h.as_slice()),
-            proof_expires_at: expires_at,
-            client_ip: client_ip.map(|ip| ip.to_string()).as_deref(),
-            user_agent,
-            created_at: now,
-            validation_url: validation_url.as_ref().map(|u| u.as_str()),
-            locale,
-            mail_kind: kind,
-        })
-        .await?;
+        // A disabled user's address: the same again, its email suppressed.
+        let kind = tx
+            .insert_session(&NewSession {
+                id: &session_id,
+                tenant_id: &tenant.id,
+                email: email.as_str(),
+                method,
+                code_hash: proofs.code_hash.as_ref().map(|h| h.as_slice()),
+                link_hash: proofs.link_hash.as_ref().map(|h| h.as_slice()),
+                proof_expires_at: expires_at,
+                client_ip: client_ip.map(|ip| ip.to_string()).as_deref(),
+                user_agent,
+                created_at: now,
+                validation_url: validation_url.as_ref().map(|u| u.as_str()),
+                locale,
+                mail_kind: kind,
+                email_change_of: email_change_of.as_deref(),
+            })
+            .await?;
         self.queue_mail(
             &mut tx,
             tenant,
@@ -393,6 +414,7 @@ impl AuthService {
                     .min(started_at + millis(policy.code_max_age)),
                 extend_until: started_at + millis(policy.code_max_age),
                 locale: locale.to_owned(),
+                new_email: None,
             },
         );
         tx.enqueue_mail(&NewMail {

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod apikeys;
 pub mod email;
+mod email_change;
 mod input;
 pub mod keys;
 pub mod limits;
@@ -21,6 +22,7 @@ pub mod settings;
 pub mod tenants;
 pub mod tokens;
 mod upkeep;
+pub mod users;
 mod verify;
 
 pub use crate::store::Method;
@@ -74,6 +76,9 @@ pub struct StartAuth {
     pub locale: Option<String>,
     /// Makes retries of this request return its first answer (24 h).
     pub idempotency_key: Option<String>,
+    /// A change of address (StartEmailChange): the user whose new address
+    /// `email` is.
+    pub email_change_of: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +112,12 @@ pub struct User {
     pub id: String,
     pub email: String,
     pub created_at: UnixMillis,
+    /// When its metadata last changed, or it was disabled or enabled.
+    pub updated_at: UnixMillis,
+    /// Set while the user may not log in.
+    pub disabled_at: Option<UnixMillis>,
+    /// A JSON object set by the app (`{}`: none), copied into access tokens.
+    pub app_metadata: String,
 }
 
 /// An access token and the refresh token that goes with it.
@@ -136,6 +147,7 @@ struct Inner {
     keys: KeyRings,
     tenants: Tenants,
     api_keys: ApiKeys,
+    users: users::Users,
     codes: CodeHasher,
     limit_keys: limits::KeyHasher,
     ceiling: limits::TenantCeiling,
@@ -181,6 +193,7 @@ impl AuthService {
                 limit_keys: limits::KeyHasher::new(kek.derive("rate-limit-keys")),
                 ceiling: limits::TenantCeiling::default(),
                 refusals: limits::Refusals::default(),
+                users: users::Users::new(store.clone(), clock.clone()),
                 store,
                 keys,
                 tenants,
@@ -207,6 +220,30 @@ impl AuthService {
 
     pub fn tenants(&self) -> &Tenants {
         &self.inner.tenants
+    }
+
+    /// A user of the caller's tenant, by id or else by address (another
+    /// tenant's user is not found).
+    pub async fn get_user(
+        &self,
+        tenant: &Tenant,
+        id: Option<&str>,
+        email: Option<&str>,
+    ) -> Result<User, AuthError> {
+        self.inner.users.get(&tenant.id, id, email).await
+    }
+
+    /// Replaces the metadata of a user of the caller's tenant.
+    pub async fn update_user(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        app_metadata: &str,
+    ) -> Result<User, AuthError> {
+        self.inner
+            .users
+            .update_metadata(&tenant.id, id, app_metadata)
+            .await
     }
 
     /// The caller's tenant, from an `authorization: Bearer <key>` value. Only

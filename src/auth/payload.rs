@@ -21,6 +21,9 @@ pub struct SignInPayload {
     pub extend_until: UnixMillis,
     #[serde(default)]
     pub locale: String,
+    /// A change-of-address notice: the new address, masked.
+    #[serde(default)]
+    pub new_email: Option<String>,
 }
 
 impl std::fmt::Debug for SignInPayload {
@@ -31,6 +34,7 @@ impl std::fmt::Debug for SignInPayload {
             .field("expires_at", &self.expires_at)
             .field("extend_until", &self.extend_until)
             .field("locale", &self.locale)
+            .field("new_email", &self.new_email)
             .finish()
     }
 }

@@ -28,6 +28,9 @@ pub struct Policy {
     pub notify_unknown_address: bool,
     pub limits: limits::Limits,
     pub passkeys: PasskeyPolicy,
+    /// Copied into every access token's `app_metadata` claim, under the
+    /// user's own metadata.
+    pub static_claims: serde_json::Map<String, serde_json::Value>,
 }
 
 #[cfg(test)]
@@ -66,6 +69,7 @@ impl Policy {
                 rp_name: None,
                 origins: Vec::new(),
             },
+            static_claims: serde_json::Map::new(),
         }
     }
 }

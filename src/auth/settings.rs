@@ -162,6 +162,13 @@ macro_rules! with_tenant_settings {
                 p.passkeys.origins = $crate::auth::passkeys::check_origins(v)?;
                 Ok(())
             };
+            /// Claims every access token of this tenant carries in its
+            /// `app_metadata` claim: a JSON object of at most 2 KB (a user's
+            /// own metadata wins over a key of the same name).
+            static_claims: String as text = "static-claims" => |p, v| {
+                p.static_claims = $crate::auth::users::parse_metadata(v)?;
+                Ok(())
+            };
         }
     };
 }

@@ -29,6 +29,19 @@ pub struct AccessClaims<'a> {
     pub nbf: i64,
     pub exp: i64,
     pub jti: Cow<'a, str>,
+    /// The app's data: the tenant's static claims and the user's
+    /// `app_metadata`, merged (see [`super::users::token_claim`]). Absent
+    /// when both are empty. Our own claims above are never inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Whom an access token is for.
+pub(super) struct Subject<'a> {
+    pub user_id: &'a str,
+    pub email: &'a str,
+    /// The user's `app_metadata` (JSON object text).
+    pub app_metadata: Option<&'a str>,
 }
 
 /// How a refresh was answered.
@@ -55,6 +68,7 @@ impl AuthService {
             Ok((_, Rotation::Rotated)) => "ok",
             Err(AuthError::RefreshTokenInvalid) => "invalid",
             Err(AuthError::RefreshTokenReused) => "reused",
+            Err(AuthError::UserDisabled) => "user_disabled",
             Err(AuthError::InvalidArgument { .. }) => "bad_input",
             Err(_) => "error",
         };
@@ -85,15 +99,29 @@ impl AuthService {
                 .touch_active_session(&tenant.id, &session_id, now)
                 .await?
             else {
-                // Ended or expired session: roll back, the token stays as it was.
-                return Err(AuthError::RefreshTokenInvalid);
+                // Ended or expired session: roll back, the token stays as it
+                // was. Its user may have been disabled since.
+                drop(tx);
+                let disabled = inner
+                    .store
+                    .find_refresh_token(&tenant.id, &presented_hash)
+                    .await?
+                    .is_some_and(|t| t.user_disabled_at.is_some());
+                return Err(if disabled {
+                    AuthError::UserDisabled
+                } else {
+                    AuthError::RefreshTokenInvalid
+                });
             };
             tx.insert_refresh_token(&tenant.id, &session_id, &successor.hash(), now)
                 .await?;
             let (access_token, expires_in) = self.sign_access_token(
                 tenant,
-                &session.user_id,
-                &session.email,
+                Subject {
+                    user_id: &session.user_id,
+                    email: &session.email,
+                    app_metadata: session.app_metadata.as_deref(),
+                },
                 &session_id,
                 now,
                 session.expires_at,
@@ -117,6 +145,9 @@ impl AuthService {
             return Err(AuthError::RefreshTokenInvalid);
         };
         tracing::Span::current().record("session_id", used.session_id.as_str());
+        if used.user_disabled_at.is_some() {
+            return Err(AuthError::UserDisabled);
+        }
         let (Some(rotated_at), Some(user_id), Some(expires_at)) =
             (used.rotated_at, used.user_id, used.expires_at)
         else {
@@ -144,8 +175,11 @@ impl AuthService {
             }
             let (access_token, expires_in) = self.sign_access_token(
                 tenant,
-                &user_id,
-                &used.email,
+                Subject {
+                    user_id: &user_id,
+                    email: &used.email,
+                    app_metadata: used.app_metadata.as_deref(),
+                },
                 &used.session_id,
                 now,
                 expires_at,
@@ -254,12 +288,16 @@ impl AuthService {
     pub(super) fn sign_access_token(
         &self,
         tenant: &Tenant,
-        user_id: &str,
-        email: &str,
+        subject: Subject<'_>,
         session_id: &str,
         now: UnixMillis,
         session_expires_at: UnixMillis,
     ) -> Result<(String, i32), AuthError> {
+        let Subject {
+            user_id,
+            email,
+            app_metadata,
+        } = subject;
         let policy = &tenant.policy;
         let iat = now / 1000;
         let exp = ((now + millis(policy.access_token_ttl)).min(session_expires_at)) / 1000;
@@ -274,6 +312,7 @@ impl AuthService {
             nbf: iat,
             exp,
             jti: Cow::Owned(uuid::Uuid::now_v7().to_string()),
+            app_metadata: super::users::token_claim(&policy.static_claims, app_metadata),
         };
         let ring = self.inner.keys.get(&tenant.id).ok_or_else(|| {
             AuthError::Internal(anyhow::anyhow!(

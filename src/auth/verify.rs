@@ -9,6 +9,7 @@ use super::{
     limits, secrets,
     secrets::RefreshToken,
     tenants::{SignupPolicy, Tenant},
+    tokens::Subject,
 };
 use crate::{
     clock::{UnixMillis, millis},
@@ -61,6 +62,7 @@ impl AuthService {
             Err(Refusal::Other(e)) => match e {
                 AuthError::CodeInvalid => "invalid",
                 AuthError::TooManyAttempts => "too_many_attempts",
+                AuthError::UserDisabled => "user_disabled",
                 AuthError::RateLimited(_) => "rate_limited",
                 AuthError::InvalidArgument { .. } => "bad_input",
                 _ => "error",
@@ -114,6 +116,11 @@ impl AuthService {
                 Some(s) if s.end_reason == Some(SessionEnd::TooManyAttempts) => {
                     Refusal::Other(AuthError::TooManyAttempts)
                 }
+                // (Ended when the user was disabled: the caller already
+                // holds this login of theirs.)
+                Some(s) if s.end_reason == Some(SessionEnd::UserDisabled) => {
+                    Refusal::Other(AuthError::UserDisabled)
+                }
                 _ if expired => Refusal::Expired,
                 _ => Refusal::Other(AuthError::CodeInvalid),
             });
@@ -154,7 +161,14 @@ impl AuthService {
             return Err(AuthError::CodeInvalid.into());
         }
         Ok(self
-            .complete_login(tx, tenant, session_id, &attempt.email, now)
+            .complete_login(
+                tx,
+                tenant,
+                session_id,
+                &attempt.email,
+                attempt.email_change_of.as_deref(),
+                now,
+            )
             .await?)
     }
 
@@ -212,22 +226,54 @@ impl AuthService {
             return Err(AuthError::CodeInvalid);
         }
         tracing::Span::current().record("session_id", found.session_id.as_str());
-        self.complete_login(tx, tenant, found.session_id, &found.email, now)
-            .await
+        self.complete_login(
+            tx,
+            tenant,
+            found.session_id,
+            &found.email,
+            found.email_change_of.as_deref(),
+            now,
+        )
+        .await
     }
 
     /// The end of a successful verification, in the transaction that checked
-    /// the proof: the user (created on first login when allowed), the
-    /// session made active with its proofs wiped, the first refresh token.
+    /// the proof: the user (created on first login when allowed, or moved
+    /// to this address by a change of address), the session made active
+    /// with its proofs wiped, the first refresh token.
     async fn complete_login(
         &self,
         mut tx: crate::store::Tx,
         tenant: &Tenant,
         session_id: String,
         email: &str,
+        email_change_of: Option<&str>,
         now: UnixMillis,
     ) -> Result<Verified, AuthError> {
         let policy = &tenant.policy;
+        if let Some(user_id) = email_change_of {
+            match self
+                .change_email_in(&mut tx, tenant, user_id, email, now)
+                .await
+            {
+                Ok(user) => {
+                    let verified = self
+                        .activate(tx, tenant, session_id, user, false, now)
+                        .await?;
+                    // (The notice to the old address.)
+                    self.inner.outbox_wake.notify_one();
+                    metrics::count(metrics::EMAILS, "event", "queued");
+                    return Ok(verified);
+                }
+                Err(refused) => {
+                    if let Some(reason) = refused.end {
+                        tx.end_session(&tenant.id, &session_id, reason, now).await?;
+                        tx.commit().await?;
+                    }
+                    return Err(refused.error);
+                }
+            }
+        }
         let (user, new_user) = match policy.signup_policy {
             SignupPolicy::LoginOrCreate => {
                 let new_id = uuid::Uuid::now_v7().to_string();
@@ -244,6 +290,30 @@ impl AuthService {
                 }
             },
         };
+        if user.disabled_at.is_some() {
+            // The proof is used up all the same.
+            tx.end_session(&tenant.id, &session_id, SessionEnd::UserDisabled, now)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(user_id = %user.id, "login refused: user disabled");
+            return Err(AuthError::UserDisabled);
+        }
+        self.activate(tx, tenant, session_id, user, new_user, now)
+            .await
+    }
+
+    /// Makes the verified login an active session of `user`, issues its
+    /// first tokens and commits.
+    async fn activate(
+        &self,
+        mut tx: crate::store::Tx,
+        tenant: &Tenant,
+        session_id: String,
+        user: crate::store::UserRow,
+        new_user: bool,
+        now: UnixMillis,
+    ) -> Result<Verified, AuthError> {
+        let policy = &tenant.policy;
         let session_expires_at = now + millis(policy.session_ttl);
         if !tx
             .activate_session(&tenant.id, &session_id, &user.id, now, session_expires_at)
@@ -283,8 +353,11 @@ impl AuthService {
             .await?;
         let (access_token, expires_in) = self.sign_access_token(
             tenant,
-            &user.id,
-            &user.email,
+            Subject {
+                user_id: &user.id,
+                email: &user.email,
+                app_metadata: Some(&user.app_metadata),
+            },
             &session_id,
             now,
             session_expires_at,
@@ -298,11 +371,7 @@ impl AuthService {
                 expires_in,
                 refresh_token,
             },
-            user: User {
-                id: user.id,
-                email: user.email,
-                created_at: user.created_at,
-            },
+            user: User::from(user),
             session_id,
             new_user,
         })

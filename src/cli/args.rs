@@ -37,6 +37,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Manage users: list, show, disable, enable, delete.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Manage API keys.
     Apikey {
         #[command(subcommand)]
@@ -176,6 +181,71 @@ fn seconds(s: &str) -> Result<u32, String> {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// List a tenant's users, oldest first, a page at a time.
+    List {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Only addresses starting with this.
+        #[arg(long)]
+        email_prefix: Option<String>,
+        /// Only users created at or after this time (RFC 3339, e.g.
+        /// `2026-11-01T00:00:00Z`).
+        #[arg(long, value_parser = rfc3339_millis)]
+        created_after: Option<i64>,
+        /// Only users created before this time (RFC 3339).
+        #[arg(long, value_parser = rfc3339_millis)]
+        created_before: Option<i64>,
+        /// Users per page (at most 500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Where to continue: the token the previous page printed.
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Show a user, by id or address.
+    Show {
+        /// The user id, or their address.
+        user: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Disable a user: every login of theirs ends now, and they cannot log
+    /// in until enabled.
+    Disable {
+        /// The user id, or their address.
+        user: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Let a disabled user log in again (ended sessions stay ended).
+    Enable {
+        /// The user id, or their address.
+        user: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Delete a user and every trace of their address (sessions, logins,
+    /// emails).
+    Delete {
+        /// The user id, or their address.
+        user: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+}
+
+/// An RFC 3339 time as Unix milliseconds.
+fn rfc3339_millis(s: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{e} (want e.g. 2026-11-01T00:00:00Z)"))?;
+    let since = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "must be after 1970".to_owned())?;
+    i64::try_from(since.as_millis()).map_err(|_| "too far in the future".to_owned())
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ApikeyCommand {
     /// Create an API key; it is printed once.
     Create {
@@ -221,6 +291,7 @@ pub enum EmailPurpose {
     Link,
     CodeAndLink,
     NoAccount,
+    EmailChanged,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,12 +1,12 @@
 //! The commands of the `latchkey` binary: serve, migrate, openapi, and the
-//! administration of signing keys, tenants and API keys (straight on the
-//! database; running servers pick changes up within a second).
+//! administration of signing keys, tenants, API keys and users (straight on
+//! the database; running servers pick changes up within a second).
 
 mod args;
 
 pub use args::{
     ApikeyCommand, Cli, Command, EmailCommand, EmailPart, EmailPurpose, KeysCommand, OutboxCommand,
-    TenantCommand, TenantSettingsArgs,
+    TenantCommand, TenantSettingsArgs, UserCommand,
 };
 
 use std::sync::Arc;
@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{
-        DEFAULT_TENANT,
+        DEFAULT_TENANT, User,
         admin::Admin,
         apikeys::Scope,
         keys,
         tenants::{SETTING_NAMES, Tenant, TenantSettings, Tenants},
+        users::UserFilter,
     },
     clock::Clock,
     config::Settings,
@@ -42,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tenant { command } => tenant_command(settings, command).await,
         Command::Apikey { command } => apikey_command(settings, command).await,
+        Command::User { command } => user_command(settings, command).await,
         Command::Outbox { command } => outbox_command(settings, command).await,
         Command::Email { command } => email_command(&settings, command),
         Command::Keys { command } => keys_command(settings, command).await,
@@ -227,8 +229,8 @@ async fn tenant_command(settings: Settings, command: TenantCommand) -> anyhow::R
 /// The settings `tenant create` and `tenant update` of latchkey 0.1 did not
 /// store unless typed; it stored every other one, typed or not (the
 /// server's values of the moment).
-/// (Nor the passkey settings, which came later.)
-const NOT_WRITTEN_BY_THE_OLD_CLI: [&str; 7] = [
+/// (Nor the passkey settings and static claims, which came later.)
+const NOT_WRITTEN_BY_THE_OLD_CLI: [&str; 8] = [
     "allowed_validation_urls",
     "signup_policy",
     "notify_unknown_address",
@@ -236,6 +238,7 @@ const NOT_WRITTEN_BY_THE_OLD_CLI: [&str; 7] = [
     "passkey_rp_id",
     "passkey_rp_name",
     "passkey_origins",
+    "static_claims",
 ];
 
 fn written_by_the_old_cli() -> impl Iterator<Item = &'static str> {
@@ -376,6 +379,97 @@ async fn apikey_command(settings: Settings, command: ApikeyCommand) -> anyhow::R
     Ok(())
 }
 
+/// A user named by id, or by address when it has an `@`.
+async fn find_user(admin: &Admin, tenant: &str, user: &str) -> anyhow::Result<User> {
+    let (id, email) = if user.contains('@') {
+        ("", user)
+    } else {
+        (user, "")
+    };
+    Ok(admin.find_user(tenant, id, email).await?)
+}
+
+async fn user_command(settings: Settings, command: UserCommand) -> anyhow::Result<()> {
+    let admin = admin(&settings).await?;
+    match command {
+        UserCommand::List {
+            tenant,
+            email_prefix,
+            created_after,
+            created_before,
+            limit,
+            page_token,
+        } => {
+            let filter = UserFilter {
+                email_prefix,
+                created_from: created_after,
+                created_before,
+                page_size: limit.max(1),
+                page_token,
+            };
+            let page = admin.users(&tenant)?.list(&tenant, &filter).await?;
+            println!(
+                "{:<37} {:<32} {:<21} {:<9} app_metadata",
+                "id", "email", "created", "state"
+            );
+            for u in &page.users {
+                println!(
+                    "{:<37} {:<32} {:<21} {:<9} {}",
+                    u.id,
+                    u.email,
+                    rfc3339(u.created_at),
+                    if u.disabled_at.is_some() {
+                        "disabled"
+                    } else {
+                        "active"
+                    },
+                    u.app_metadata
+                );
+            }
+            match page.next_page_token {
+                Some(token) => println!("next page: --page-token {token}"),
+                None => println!("({} user(s), last page)", page.users.len()),
+            }
+        }
+        UserCommand::Show { user, tenant } => {
+            print_user(&find_user(&admin, &tenant, &user).await?);
+        }
+        UserCommand::Disable { user, tenant } => {
+            let found = find_user(&admin, &tenant, &user).await?;
+            let (u, ended) = admin.users(&tenant)?.disable(&tenant, &found.id).await?;
+            print_user(&u);
+            println!("disabled: {ended} login(s) ended; they cannot log in until enabled");
+        }
+        UserCommand::Enable { user, tenant } => {
+            let found = find_user(&admin, &tenant, &user).await?;
+            let u = admin.users(&tenant)?.enable(&tenant, &found.id).await?;
+            print_user(&u);
+            println!("enabled: they can log in again");
+        }
+        UserCommand::Delete { user, tenant } => {
+            let found = find_user(&admin, &tenant, &user).await?;
+            admin.delete_user(&tenant, &found.id).await?;
+            println!(
+                "deleted user {}: their sessions, logins and emails are gone",
+                found.id
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_user(u: &User) {
+    println!("id:           {}", u.id);
+    println!("email:        {}", u.email);
+    println!("created:      {}", rfc3339(u.created_at));
+    println!("updated:      {}", rfc3339(u.updated_at));
+    println!(
+        "disabled:     {}",
+        u.disabled_at.map(rfc3339).unwrap_or_else(|| "no".into())
+    );
+    println!("app_metadata: {}", u.app_metadata);
+}
+
 async fn outbox_command(settings: Settings, command: OutboxCommand) -> anyhow::Result<()> {
     let store = server::open_store(&settings).await?;
     match command {
@@ -451,6 +545,13 @@ fn email_command(settings: &Settings, command: EmailCommand) -> anyhow::Result<(
         EmailPurpose::NoAccount => {
             templates.no_account(&tenant, &locale, &settings.app_name, email)?
         }
+        EmailPurpose::EmailChanged => templates.email_changed(
+            &tenant,
+            &locale,
+            &settings.app_name,
+            email,
+            "a***@new.example.com",
+        )?,
     };
     match part {
         EmailPart::Subject => println!("{}", rendered.subject),

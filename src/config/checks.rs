@@ -48,6 +48,7 @@ impl Settings {
                 origins: crate::auth::passkeys::check_origins(&s.passkey_origins)
                     .unwrap_or_default(),
             },
+            static_claims: serde_json::Map::new(),
         }
     }
 }

@@ -630,6 +630,16 @@ impl OutboxWorker {
                 )?,
                 String::new(),
             ),
+            MailKind::EmailChanged => (
+                self.templates.email_changed(
+                    &mail.tenant_id,
+                    &locale,
+                    &policy.app_name,
+                    &mail.recipient,
+                    payload.new_email.as_deref().unwrap_or("-"),
+                )?,
+                String::new(),
+            ),
             MailKind::Suppressed => return Ok(Built::Discard { extend_to }),
         };
         let from: Mailbox = policy.mail_from.parse()?;

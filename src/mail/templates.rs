@@ -40,15 +40,18 @@ pub enum Kind {
     SignIn,
     /// "There is no account for this address" (login-only tenants).
     NoAccount,
+    /// "Your sign-in address was changed", to the old address.
+    EmailChanged,
 }
 
 impl Kind {
-    const ALL: [Kind; 2] = [Kind::SignIn, Kind::NoAccount];
+    const ALL: [Kind; 3] = [Kind::SignIn, Kind::NoAccount, Kind::EmailChanged];
 
     fn name(self) -> &'static str {
         match self {
             Kind::SignIn => "sign_in",
             Kind::NoAccount => "no_account",
+            Kind::EmailChanged => "email_changed",
         }
     }
 }
@@ -68,6 +71,9 @@ macro_rules! built_in {
             (concat!($locale, "/no_account.subject.txt"), include_str!(concat!("../../templates/", $locale, "/no_account.subject.txt"))),
             (concat!($locale, "/no_account.txt"), include_str!(concat!("../../templates/", $locale, "/no_account.txt"))),
             (concat!($locale, "/no_account.html"), include_str!(concat!("../../templates/", $locale, "/no_account.html"))),
+            (concat!($locale, "/email_changed.subject.txt"), include_str!(concat!("../../templates/", $locale, "/email_changed.subject.txt"))),
+            (concat!($locale, "/email_changed.txt"), include_str!(concat!("../../templates/", $locale, "/email_changed.txt"))),
+            (concat!($locale, "/email_changed.html"), include_str!(concat!("../../templates/", $locale, "/email_changed.html"))),
         )*
     ]};
 }
@@ -135,6 +141,7 @@ impl Templates {
         for name in names {
             let sample = context! {
                 app_name => "Example", email => "someone@example.com", code => "123456",
+                new_email => "n***@example.com",
                 link => "https://app.example.com/auth?token=lkl_x", minutes => 10, lang => "en",
             };
             self.env
@@ -246,6 +253,26 @@ impl Templates {
             locale,
             Kind::NoAccount,
             context! { app_name, email },
+        )
+    }
+}
+
+impl Templates {
+    /// The notice to a user's old address that their sign-in address
+    /// changed (`new_email` masked).
+    pub fn email_changed(
+        &self,
+        tenant: &str,
+        locale: &str,
+        app_name: &str,
+        email: &str,
+        new_email: &str,
+    ) -> anyhow::Result<Rendered> {
+        self.render(
+            tenant,
+            locale,
+            Kind::EmailChanged,
+            context! { app_name, email, new_email },
         )
     }
 }

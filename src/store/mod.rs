@@ -51,6 +51,7 @@ mod passkeys;
 mod refresh_tokens;
 mod sessions;
 mod tenants;
+mod users;
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
@@ -72,9 +73,10 @@ pub use passkeys::{Ceremony, CeremonyKind, NewCeremony, NewPasskey, PasskeyRow, 
 pub use refresh_tokens::{ActiveSession, RotatedRefreshToken};
 pub use sessions::{
     CodeAttempt, LinkedSession, Method, NewSession, PendingSession, SessionEnd, SessionRow,
-    SessionStage, SessionStatus, UserRow,
+    SessionStage, SessionStatus,
 };
 pub use tenants::{ApiKeyRow, Counter, TenantRow};
+pub use users::{UserQuery, UserRow};
 
 use deadline::{Deadline, Stalls};
 

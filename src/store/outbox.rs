@@ -17,6 +17,8 @@ stored_enum! {
         /// without notices). Written so both answers cost the same; never
         /// delivered.
         Suppressed = "suppressed",
+        /// A notice to a user's old address that it was changed.
+        EmailChanged = "email_changed",
     }
 }
 

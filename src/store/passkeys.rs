@@ -4,7 +4,7 @@
 
 use sqlx::FromRow;
 
-use super::{Result, Store, Tx, UserRow, decode_error, on_pool, on_tx};
+use super::{Result, Store, Tx, decode_error, on_pool, on_tx};
 use crate::clock::UnixMillis;
 
 stored_enum! {
@@ -289,16 +289,5 @@ impl Tx {
                 .map(|r| r.rows_affected())
         })?;
         Ok(())
-    }
-
-    /// A user by id, read inside the transaction.
-    pub async fn user_by_id(&mut self, tenant_id: &str, id: &str) -> Result<Option<UserRow>> {
-        Ok(on_tx!(self, "user_by_id", |conn| {
-            sqlx::query_as::<_, UserRow>(super::tenants::USER_BY_ID)
-                .bind(tenant_id)
-                .bind(id)
-                .fetch_optional(conn)
-                .await
-        })?)
     }
 }

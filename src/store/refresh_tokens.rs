@@ -12,6 +12,8 @@ pub struct ActiveSession {
     pub user_id: String,
     pub email: String,
     pub expires_at: UnixMillis,
+    /// The user's metadata (JSON object text), for the access token.
+    pub app_metadata: Option<String>,
 }
 
 /// A refresh token that was already rotated, with its session.
@@ -25,6 +27,10 @@ pub struct RotatedRefreshToken {
     pub user_id: Option<String>,
     pub email: String,
     pub expires_at: Option<UnixMillis>,
+    /// The user's metadata (JSON object text), for the access token.
+    pub app_metadata: Option<String>,
+    /// Set while the session's user is disabled.
+    pub user_disabled_at: Option<UnixMillis>,
 }
 
 const INSERT_REFRESH_TOKEN: &str = "INSERT INTO refresh_tokens (token_hash, tenant_id, session_id, created_at) \
@@ -38,11 +44,14 @@ const ROTATE_REFRESH_TOKEN: &str = "UPDATE refresh_tokens SET rotated_at = $3, s
 
 const TOUCH_ACTIVE_SESSION: &str = "UPDATE auth_sessions SET last_refreshed_at = $3 \
     WHERE id = $1 AND tenant_id = $2 AND state = 'active' AND expires_at > $3 \
-    RETURNING user_id, email, expires_at";
+    RETURNING user_id, email, expires_at, \
+      (SELECT u.app_metadata FROM users u \
+        WHERE u.id = auth_sessions.user_id AND u.tenant_id = auth_sessions.tenant_id) AS app_metadata";
 
 const FIND_REFRESH_TOKEN: &str = "SELECT r.session_id, r.rotated_at, r.successor_sealed, \
-      s.state, s.user_id, s.email, s.expires_at \
+      s.state, s.user_id, s.email, s.expires_at, u.app_metadata, u.disabled_at AS user_disabled_at \
     FROM refresh_tokens r JOIN auth_sessions s ON s.id = r.session_id AND s.tenant_id = r.tenant_id \
+    LEFT JOIN users u ON u.id = s.user_id AND u.tenant_id = s.tenant_id \
     WHERE r.token_hash = $1 AND r.tenant_id = $2";
 
 const SESSION_OF_REFRESH_TOKEN: &str =

@@ -2,7 +2,7 @@
 
 use sqlx::FromRow;
 
-use super::{MailKind, Result, Store, Tx, decode_error, on_pool, on_tx};
+use super::{MailKind, Result, Store, Tx, UserRow, decode_error, on_pool, on_tx};
 use crate::clock::UnixMillis;
 
 /// A login session as StartAuth creates it.
@@ -23,6 +23,8 @@ pub struct NewSession<'a> {
     pub validation_url: Option<&'a str>,
     pub locale: &'a str,
     pub mail_kind: MailKind,
+    /// A change of address: the user whose new address this login proves.
+    pub email_change_of: Option<&'a str>,
 }
 
 /// What a counted verification attempt sees.
@@ -32,13 +34,8 @@ pub struct CodeAttempt {
     pub code_hash: Vec<u8>,
     /// Attempts so far, this one included.
     pub attempts: i32,
-}
-
-#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
-pub struct UserRow {
-    pub id: String,
-    pub email: String,
-    pub created_at: UnixMillis,
+    /// A change of address: the user whose new address this is.
+    pub email_change_of: Option<String>,
 }
 
 /// A pending session, as a resend sees it.
@@ -85,6 +82,8 @@ pub struct SessionRow {
 pub struct LinkedSession {
     pub session_id: String,
     pub email: String,
+    /// A change of address: the user whose new address this is.
+    pub email_change_of: Option<String>,
 }
 
 /// The state of a session, for explaining a refused attempt.
@@ -109,6 +108,8 @@ stored_enum! {
         Revoked = "revoked",
         TooManyAttempts = "too_many_attempts",
         RefreshTokenReused = "refresh_token_reused",
+        /// The user was disabled.
+        UserDisabled = "user_disabled",
     }
 }
 
@@ -134,10 +135,16 @@ stored_enum! {
     }
 }
 
+/// A disabled user's address gets a session like any other, but its email
+/// is suppressed (decided here, in the same statement: no extra round trip).
 const INSERT_SESSION: &str = "INSERT INTO auth_sessions \
     (id, tenant_id, email, method, state, code_hash, link_hash, proof_expires_at, client_ip, user_agent, created_at, \
-     validation_url, locale, mail_kind) \
-    VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+     validation_url, locale, mail_kind, email_change_of) \
+    SELECT $1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $12, \
+      CASE WHEN EXISTS (SELECT 1 FROM users \
+          WHERE tenant_id = $2 AND email = $3 AND disabled_at IS NOT NULL) \
+        THEN 'suppressed' ELSE $13 END, $14 \
+    RETURNING mail_kind";
 
 /// A session that starts active: a passkey login (no emailed proof).
 const INSERT_ACTIVE_SESSION: &str = "INSERT INTO auth_sessions \
@@ -171,13 +178,13 @@ const SESSION_STATE: &str =
 const TAKE_CODE_ATTEMPT: &str = "UPDATE auth_sessions SET attempts = attempts + 1 \
     WHERE id = $1 AND tenant_id = $2 AND state = 'pending' AND code_hash IS NOT NULL \
       AND proof_expires_at > $3 AND attempts < $4 \
-    RETURNING email, code_hash, attempts";
+    RETURNING email, code_hash, attempts, email_change_of";
 
 /// Takes the row lock of the pending, unexpired session a link token belongs
 /// to (activation follows in the same transaction).
 const TAKE_LINK: &str = "UPDATE auth_sessions SET attempts = attempts \
     WHERE link_hash = $1 AND tenant_id = $2 AND state = 'pending' AND proof_expires_at > $3 \
-    RETURNING id AS session_id, email";
+    RETURNING id AS session_id, email, email_change_of";
 
 /// Moves the proof's expiry later (never earlier) once its email went out.
 const EXTEND_PROOF: &str = "UPDATE auth_sessions SET proof_expires_at = $2 \
@@ -193,16 +200,12 @@ const END_SESSION: &str = "UPDATE auth_sessions \
     SET state = 'ended', end_reason = $3, ended_at = $4, code_hash = NULL, link_hash = NULL \
     WHERE id = $1 AND tenant_id = $2 AND state IN ('pending', 'active')";
 
-const FIND_USER: &str =
-    "SELECT id, email, created_at FROM users WHERE tenant_id = $1 AND email = $2";
-
-const INSERT_USER: &str = "INSERT INTO users (id, tenant_id, email, created_at) VALUES ($1, $2, $3, $4) \
-    ON CONFLICT (tenant_id, email) DO NOTHING RETURNING id, email, created_at";
-
 impl Tx {
-    pub async fn insert_session(&mut self, s: &NewSession<'_>) -> Result<()> {
-        on_tx!(self, "insert_session", |conn| {
-            sqlx::query(INSERT_SESSION)
+    /// Inserts a pending session. Returns the email it gets: `mail_kind`,
+    /// or [`MailKind::Suppressed`] when the address is a disabled user's.
+    pub async fn insert_session(&mut self, s: &NewSession<'_>) -> Result<MailKind> {
+        let kind = on_tx!(self, "insert_session", |conn| {
+            sqlx::query_scalar::<_, String>(INSERT_SESSION)
                 .bind(s.id)
                 .bind(s.tenant_id)
                 .bind(s.email)
@@ -216,11 +219,11 @@ impl Tx {
                 .bind(s.validation_url)
                 .bind(s.locale)
                 .bind(s.mail_kind.as_str())
-                .execute(conn)
+                .bind(s.email_change_of)
+                .fetch_one(conn)
                 .await
-                .map(|r| r.rows_affected())
         })?;
-        Ok(())
+        MailKind::try_from(kind).map_err(decode_error)
     }
 
     /// Inserts a session that is active from `now` (a passkey login).
@@ -457,49 +460,6 @@ impl Tx {
                 .map(|r| r.rows_affected())
         })?;
         Ok(done == 1)
-    }
-
-    /// The user with this address, created (with `new_id`) if there is none.
-    /// Returns the user and whether this call created it.
-    pub async fn find_or_create_user(
-        &mut self,
-        tenant_id: &str,
-        email: &str,
-        new_id: &str,
-        now: UnixMillis,
-    ) -> Result<(UserRow, bool)> {
-        if let Some(user) = self.find_user(tenant_id, email).await? {
-            return Ok((user, false));
-        }
-        let inserted = on_tx!(self, "find_or_create_user", |conn| {
-            sqlx::query_as::<_, UserRow>(INSERT_USER)
-                .bind(new_id)
-                .bind(tenant_id)
-                .bind(email)
-                .bind(now)
-                .fetch_optional(conn)
-                .await
-        })?;
-        match inserted {
-            Some(user) => Ok((user, true)),
-            // Another transaction created it between our read and insert (the
-            // insert waited for it to commit): read the winner's row.
-            None => {
-                let user = self.find_user(tenant_id, email).await?;
-                Ok((user.ok_or(sqlx::Error::RowNotFound)?, false))
-            }
-        }
-    }
-
-    /// The user with this address, if any.
-    pub async fn find_user(&mut self, tenant_id: &str, email: &str) -> Result<Option<UserRow>> {
-        Ok(on_tx!(self, "find_user", |conn| {
-            sqlx::query_as::<_, UserRow>(FIND_USER)
-                .bind(tenant_id)
-                .bind(email)
-                .fetch_optional(conn)
-                .await
-        })?)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Tenants, API keys, the change counters that tell replicas to reload them,
-//! and the admin operations on users.
+//! Tenants, API keys, and the change counters that tell replicas to reload
+//! them.
 
 use sqlx::FromRow;
 
@@ -53,21 +53,6 @@ const COUNT_KEYS: &str = "SELECT COUNT(*) FROM api_keys";
 
 const BUMP: &str = "UPDATE change_counters SET value = value + 1 WHERE name = $1";
 const COUNTERS: &str = "SELECT name, value FROM change_counters ORDER BY name";
-
-pub(super) const USER_BY_ID: &str =
-    "SELECT id, email, created_at FROM users WHERE tenant_id = $1 AND id = $2";
-const USER_BY_EMAIL: &str =
-    "SELECT id, email, created_at FROM users WHERE tenant_id = $1 AND email = $2";
-const USER_EMAIL: &str = "SELECT email FROM users WHERE tenant_id = $1 AND id = $2";
-// A deleted user's sessions are theirs and every login (pending, or ended
-// before it made them a user) of their address ($3).
-const DELETE_USER_TOKENS: &str = "DELETE FROM refresh_tokens WHERE tenant_id = $1 AND session_id IN \
-    (SELECT id FROM auth_sessions WHERE tenant_id = $1 AND (user_id = $2 OR email = $3))";
-const DELETE_USER_MAIL: &str = "DELETE FROM outbox WHERE tenant_id = $1 AND (recipient = $3 OR session_id IN \
-    (SELECT id FROM auth_sessions WHERE tenant_id = $1 AND (user_id = $2 OR email = $3)))";
-const DELETE_USER_SESSIONS: &str =
-    "DELETE FROM auth_sessions WHERE tenant_id = $1 AND (user_id = $2 OR email = $3)";
-const DELETE_USER: &str = "DELETE FROM users WHERE tenant_id = $1 AND id = $2";
 
 /// Which in-memory copy a change invalidates.
 #[derive(Clone, Copy, Debug)]
@@ -275,69 +260,6 @@ impl Store {
                 .await
         })?)
     }
-
-    pub async fn user_by_id(&self, tenant_id: &str, id: &str) -> Result<Option<super::UserRow>> {
-        Ok(on_pool!(self, "user_by_id", |pool| {
-            sqlx::query_as::<_, super::UserRow>(USER_BY_ID)
-                .bind(tenant_id)
-                .bind(id)
-                .fetch_optional(pool)
-                .await
-        })?)
-    }
-
-    pub async fn user_by_email(
-        &self,
-        tenant_id: &str,
-        email: &str,
-    ) -> Result<Option<super::UserRow>> {
-        Ok(on_pool!(self, "user_by_email", |pool| {
-            sqlx::query_as::<_, super::UserRow>(USER_BY_EMAIL)
-                .bind(tenant_id)
-                .bind(email)
-                .fetch_optional(pool)
-                .await
-        })?)
-    }
-
-    /// Deletes a user and everything that holds their address, in one
-    /// transaction: their sessions and refresh tokens, every other login of
-    /// the address (pending or ended) and every email to it, sent or not.
-    /// False when there is no such user.
-    pub async fn delete_user(&self, tenant_id: &str, id: &str) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let email = on_tx!(tx, "delete_user", |conn| {
-            sqlx::query_scalar::<_, String>(USER_EMAIL)
-                .bind(tenant_id)
-                .bind(id)
-                .fetch_optional(conn)
-                .await
-        })?;
-        let Some(email) = email else {
-            return Ok(false);
-        };
-        for sql in [DELETE_USER_TOKENS, DELETE_USER_MAIL, DELETE_USER_SESSIONS] {
-            on_tx!(tx, "delete_user", |conn| {
-                sqlx::query(sql)
-                    .bind(tenant_id)
-                    .bind(id)
-                    .bind(&email)
-                    .execute(conn)
-                    .await
-                    .map(|r| r.rows_affected())
-            })?;
-        }
-        on_tx!(tx, "delete_user", |conn| {
-            sqlx::query(DELETE_USER)
-                .bind(tenant_id)
-                .bind(id)
-                .execute(conn)
-                .await
-                .map(|r| r.rows_affected())
-        })?;
-        tx.commit().await?;
-        Ok(true)
-    }
 }
 
 impl super::Tx {
@@ -350,19 +272,5 @@ impl super::Tx {
                 .map(|r| r.rows_affected())
         })?;
         Ok(())
-    }
-
-    /// Whether the tenant has a user with this address.
-    pub async fn user_exists(&mut self, tenant_id: &str, email: &str) -> Result<bool> {
-        let found = on_tx!(self, "user_exists", |conn| {
-            sqlx::query_scalar::<_, String>(
-                "SELECT id FROM users WHERE tenant_id = $1 AND email = $2",
-            )
-            .bind(tenant_id)
-            .bind(email)
-            .fetch_optional(conn)
-            .await
-        })?;
-        Ok(found.is_some())
     }
 }

@@ -225,7 +225,7 @@ async fn the_served_openapi_document_is_the_committed_one_and_matches_the_routes
 
     // Every documented operation is routed (not 404/405)...
     let routes = latchkey::api::openapi::documented_routes();
-    assert_eq!(routes.len(), 20);
+    assert_eq!(routes.len(), 23);
     for (method, path) in &routes {
         let path = &path.replace("{tenant}", "default");
         let request = match method.as_str() {

@@ -188,6 +188,7 @@ async fn another_replicas_enqueue_wakes_the_worker_without_waiting_for_a_poll() 
             expires_at: now + 600_000,
             extend_until: now + 1_800_000,
             locale: "en".into(),
+            new_email: None,
         },
     );
     let mut tx = app.store.begin().await.unwrap();

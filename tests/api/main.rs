@@ -29,3 +29,4 @@ mod server;
 mod sessions;
 mod store;
 mod tenants;
+mod users;

@@ -30,6 +30,7 @@ matrix!(
     zero_configuration_serves_pages_on_any_localhost_port,
     racing_finishes_of_one_ceremony_make_one_session,
     a_ceremony_started_on_one_replica_finishes_on_another,
+    a_disabled_users_passkey_is_refused_until_they_are_enabled,
 );
 
 /// The page of the app (an allowed origin).
@@ -795,4 +796,36 @@ async fn a_ceremony_started_on_one_replica_finishes_on_another(case: Case) {
         finish_login(&replica.api, &started.ceremony_id, assertion).await,
         "PASSKEY_CEREMONY_INVALID",
     );
+}
+
+async fn a_disabled_users_passkey_is_refused_until_they_are_enabled(case: Case) {
+    let app = spawn(case).await;
+    let Registered {
+        mut device, login, ..
+    } = register(&app, "ada@example.com").await;
+    let user_id = login.verify.user.clone().unwrap().id;
+    let users = app.admin.users("default").unwrap();
+    users.disable("default", &user_id).await.unwrap();
+
+    // The passkey still proves its holder, who alone learns the user is
+    // disabled; no session is made.
+    let before = app.snapshot().await;
+    assert_code(
+        passkey_login(&app, &mut device, "ada@example.com").await,
+        "USER_DISABLED",
+    );
+    let sessions = |snapshot: &[String]| {
+        snapshot
+            .iter()
+            .filter(|row| row.starts_with("session ") || row.starts_with("refresh "))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sessions(&app.snapshot().await), sessions(&before));
+
+    users.enable("default", &user_id).await.unwrap();
+    let signed_in = passkey_login(&app, &mut device, "ada@example.com")
+        .await
+        .expect("a passkey login once enabled");
+    verify_with_jwks(&app, &signed_in.token).await;
 }

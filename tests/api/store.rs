@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use latchkey::store::{
     CeremonyKind, Hit, MailKind, Method, NewCeremony, NewIdempotencyKey, NewMail, NewPasskey,
     NewSession, NewSigningKey, PasskeyUse, SessionEnd, SessionStage, Store, StoreOptions,
+    UserQuery,
 };
 
 use crate::both_backends;
@@ -24,6 +25,8 @@ both_backends!(
     old_counters_and_expired_keys_are_purged,
     a_passkey_ceremony_is_claimed_once_under_concurrency_and_only_by_its_tenant,
     credential_ids_are_unique_per_tenant_and_logins_update_their_passkey,
+    users_list_in_creation_then_id_order_with_cursors_and_filters,
+    disabling_ends_every_login_of_the_user_and_suppresses_new_ones,
 );
 
 async fn store(backend: Backend) -> (Store, TestDb) {
@@ -39,25 +42,33 @@ async fn store(backend: Backend) -> (Store, TestDb) {
 }
 
 async fn insert_session(store: &Store, id: &str, tenant: &str) {
+    insert_session_for(store, id, tenant, "s@example.com").await;
+}
+
+/// Inserts a pending session of `email`; returns the email it gets.
+async fn insert_session_for(store: &Store, id: &str, tenant: &str, email: &str) -> MailKind {
     let mut tx = store.begin().await.unwrap();
-    tx.insert_session(&NewSession {
-        id,
-        tenant_id: tenant,
-        email: "s@example.com",
-        method: Method::Code,
-        code_hash: Some(&[7; 32]),
-        link_hash: None,
-        proof_expires_at: 10_000,
-        client_ip: None,
-        user_agent: None,
-        created_at: 1_000,
-        validation_url: None,
-        locale: "en",
-        mail_kind: MailKind::SignIn,
-    })
-    .await
-    .unwrap();
+    let kind = tx
+        .insert_session(&NewSession {
+            id,
+            tenant_id: tenant,
+            email,
+            method: Method::Code,
+            code_hash: Some(&[7; 32]),
+            link_hash: None,
+            proof_expires_at: 10_000,
+            client_ip: None,
+            user_agent: None,
+            created_at: 1_000,
+            validation_url: None,
+            locale: "en",
+            mail_kind: MailKind::SignIn,
+            email_change_of: None,
+        })
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
+    kind
 }
 
 async fn migrations_apply_twice_and_make_the_store_ready(backend: Backend) {
@@ -875,4 +886,196 @@ async fn credential_ids_are_unique_per_tenant_and_logins_update_their_passkey(ba
             .unwrap()
             .is_empty()
     );
+}
+
+async fn users_list_in_creation_then_id_order_with_cursors_and_filters(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let mut tx = store.begin().await.unwrap();
+    // Three in one millisecond, made out of id order, and one before them.
+    for (id, email, at) in [
+        ("id-c", "carl@example.com", 20),
+        ("id-a", "anna@example.com", 20),
+        ("id-b", "abel@example.com", 20),
+        ("id-z", "zoe@example.com", 10),
+    ] {
+        tx.find_or_create_user("default", email, id, at)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let ids = |rows: Vec<latchkey::store::UserRow>| -> Vec<String> {
+        rows.into_iter().map(|r| r.id).collect()
+    };
+    let all = UserQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_users("default", &all).await.unwrap()),
+        ["id-z", "id-a", "id-b", "id-c"]
+    );
+    assert!(store.list_users("other", &all).await.unwrap().is_empty());
+    // After a cursor inside the tie: the rest of the tie, then nothing more.
+    let after = UserQuery {
+        after: Some((20, "id-a")),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_users("default", &after).await.unwrap()),
+        ["id-b", "id-c"]
+    );
+    let first_two = UserQuery {
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_users("default", &first_two).await.unwrap()),
+        ["id-z", "id-a"]
+    );
+    let prefixed = UserQuery {
+        email_prefix: Some("a"),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_users("default", &prefixed).await.unwrap()),
+        ["id-a", "id-b"]
+    );
+    // (A prefix is text, not a pattern.)
+    let pattern = UserQuery {
+        email_prefix: Some("%"),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(
+        store
+            .list_users("default", &pattern)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let window = UserQuery {
+        created_from: Some(10),
+        created_before: Some(20),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_users("default", &window).await.unwrap()),
+        ["id-z"]
+    );
+}
+
+async fn session_for(store: &Store, id: &str, email: &str) -> MailKind {
+    insert_session_for(store, id, "default", email).await
+}
+
+async fn disabling_ends_every_login_of_the_user_and_suppresses_new_ones(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let ada = "ada@example.com";
+    // Ada: an active session and a pending login; Bob: an active session.
+    for (session, email) in [
+        ("s-active", ada),
+        ("s-pending", ada),
+        ("s-bob", "bob@example.com"),
+    ] {
+        assert_eq!(session_for(&store, session, email).await, MailKind::SignIn);
+    }
+    let mut tx = store.begin().await.unwrap();
+    let (user, _) = tx
+        .find_or_create_user("default", ada, "u-ada", 1)
+        .await
+        .unwrap();
+    let (bob, _) = tx
+        .find_or_create_user("default", "bob@example.com", "u-bob", 1)
+        .await
+        .unwrap();
+    tx.activate_session("default", "s-active", &user.id, 2_000, 99_000)
+        .await
+        .unwrap();
+    tx.activate_session("default", "s-bob", &bob.id, 2_000, 99_000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // Rolled back, nothing happened; committed, all of it did.
+    for commit in [false, true] {
+        let mut tx = store.begin().await.unwrap();
+        let row = tx
+            .set_user_disabled("default", &user.id, true, 3_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.disabled_at, Some(3_000));
+        let ended = tx
+            .end_every_login_of_user("default", &row, SessionEnd::UserDisabled, 3_000)
+            .await
+            .unwrap();
+        assert_eq!(ended, 2);
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            drop(tx);
+            let back = store
+                .user_by_id("default", &user.id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(back.disabled_at, None);
+        }
+    }
+    let mut tx = store.begin().await.unwrap();
+    for (session, stage) in [
+        ("s-active", SessionStage::Ended),
+        ("s-pending", SessionStage::Ended),
+        ("s-bob", SessionStage::Active),
+    ] {
+        let status = tx
+            .session_status("default", session)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.state, stage, "{session}");
+    }
+    let status = tx
+        .session_status("default", "s-pending")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.end_reason, Some(SessionEnd::UserDisabled));
+    // Disabling again keeps the first time; nothing is left to end.
+    let again = tx
+        .set_user_disabled("default", &user.id, true, 4_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.disabled_at, again.updated_at), (Some(3_000), 4_000));
+    tx.commit().await.unwrap();
+
+    // A new login of the address is recorded, its email suppressed; Bob's
+    // is not.
+    assert_eq!(
+        session_for(&store, "s-new", ada).await,
+        MailKind::Suppressed
+    );
+    assert_eq!(
+        session_for(&store, "s-bob-2", "bob@example.com").await,
+        MailKind::SignIn
+    );
+    let mut tx = store.begin().await.unwrap();
+    let enabled = tx
+        .set_user_disabled("default", &user.id, false, 5_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(enabled.disabled_at, None);
+    assert!(
+        tx.set_user_disabled("default", "nobody", true, 5_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(session_for(&store, "s-after", ada).await, MailKind::SignIn);
 }

@@ -28,14 +28,16 @@ type AuthServiceClient interface {
 	// token. On success the login session becomes active and the user is
 	// created if this is their first login. Wrong, expired, already used and
 	// unknown codes and links all answer CODE_INVALID; after too many wrong
-	// codes the session is dead and answers TOO_MANY_ATTEMPTS.
+	// codes the session is dead and answers TOO_MANY_ATTEMPTS. A disabled
+	// user's proof answers USER_DISABLED.
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
 	// Exchanges a refresh token for a new access token and a new refresh token.
 	// Every refresh token works once. Presenting an already used refresh token
 	// again within a short grace window (a client retrying a request whose
 	// answer it lost) returns the same successor again; after the window it is
 	// treated as theft: the whole session ends and the call answers
-	// REFRESH_TOKEN_REUSED.
+	// REFRESH_TOKEN_REUSED. A disabled user's refresh token answers
+	// USER_DISABLED.
 	Refresh(ctx context.Context, in *RefreshRequest, opts ...grpc.CallOption) (*RefreshResponse, error)
 	// Ends a login session (logout). Every refresh token of the session stops
 	// working at once. Idempotent: revoking an ended or unknown session succeeds.
@@ -58,6 +60,23 @@ type AuthServiceClient interface {
 	// its access tokens expire. A bad or foreign token is inactive, not an
 	// error.
 	IntrospectToken(ctx context.Context, in *IntrospectTokenRequest, opts ...grpc.CallOption) (*IntrospectTokenResponse, error)
+	// A user of the caller's tenant, by id or by address. A user of another
+	// tenant answers NOT_FOUND, as a missing one does.
+	GetUser(ctx context.Context, in *AuthServiceGetUserRequest, opts ...grpc.CallOption) (*AuthServiceGetUserResponse, error)
+	// Replaces a user's `app_metadata`: a JSON object of at most 2 KB that
+	// every access token issued from then on carries in its `app_metadata`
+	// claim (with the tenant's static claims). Only users of the caller's
+	// tenant; another tenant's user answers NOT_FOUND.
+	UpdateUser(ctx context.Context, in *AuthServiceUpdateUserRequest, opts ...grpc.CallOption) (*AuthServiceUpdateUserResponse, error)
+	// Starts a change of a user's address: emails a code and/or magic link to
+	// the new address, exactly as StartAuth does (same limits, same canonical
+	// form). Verify with that proof moves the user to the new address (same
+	// user id), logs them in there (its tokens, and those of every refresh
+	// after, carry the new address) and emails a notice to the old address.
+	// An address another user has answers ALREADY_EXISTS (here, and at
+	// Verify if someone took it meanwhile); a disabled user USER_DISABLED;
+	// another tenant's or an unknown user NOT_FOUND.
+	StartEmailChange(ctx context.Context, in *StartEmailChangeRequest, opts ...grpc.CallOption) (*StartEmailChangeResponse, error)
 	// Returns the public keys that verify one tenant's access tokens (RFC 7517
 	// JSON Web Keys). Public: needs no API key. Each tenant signs with keys of
 	// its own, so a token of one tenant never verifies with another's set. A
@@ -192,6 +211,33 @@ func (c *authServiceClient) IntrospectToken(ctx context.Context, in *IntrospectT
 	return out, nil
 }
 
+func (c *authServiceClient) GetUser(ctx context.Context, in *AuthServiceGetUserRequest, opts ...grpc.CallOption) (*AuthServiceGetUserResponse, error) {
+	out := new(AuthServiceGetUserResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/GetUser", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authServiceClient) UpdateUser(ctx context.Context, in *AuthServiceUpdateUserRequest, opts ...grpc.CallOption) (*AuthServiceUpdateUserResponse, error) {
+	out := new(AuthServiceUpdateUserResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/UpdateUser", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *authServiceClient) StartEmailChange(ctx context.Context, in *StartEmailChangeRequest, opts ...grpc.CallOption) (*StartEmailChangeResponse, error) {
+	out := new(StartEmailChangeResponse)
+	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/StartEmailChange", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *authServiceClient) GetJwks(ctx context.Context, in *GetJwksRequest, opts ...grpc.CallOption) (*GetJwksResponse, error) {
 	out := new(GetJwksResponse)
 	err := c.cc.Invoke(ctx, "/latchkey.v1.AuthService/GetJwks", in, out, opts...)
@@ -270,14 +316,16 @@ type AuthServiceServer interface {
 	// token. On success the login session becomes active and the user is
 	// created if this is their first login. Wrong, expired, already used and
 	// unknown codes and links all answer CODE_INVALID; after too many wrong
-	// codes the session is dead and answers TOO_MANY_ATTEMPTS.
+	// codes the session is dead and answers TOO_MANY_ATTEMPTS. A disabled
+	// user's proof answers USER_DISABLED.
 	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
 	// Exchanges a refresh token for a new access token and a new refresh token.
 	// Every refresh token works once. Presenting an already used refresh token
 	// again within a short grace window (a client retrying a request whose
 	// answer it lost) returns the same successor again; after the window it is
 	// treated as theft: the whole session ends and the call answers
-	// REFRESH_TOKEN_REUSED.
+	// REFRESH_TOKEN_REUSED. A disabled user's refresh token answers
+	// USER_DISABLED.
 	Refresh(context.Context, *RefreshRequest) (*RefreshResponse, error)
 	// Ends a login session (logout). Every refresh token of the session stops
 	// working at once. Idempotent: revoking an ended or unknown session succeeds.
@@ -300,6 +348,23 @@ type AuthServiceServer interface {
 	// its access tokens expire. A bad or foreign token is inactive, not an
 	// error.
 	IntrospectToken(context.Context, *IntrospectTokenRequest) (*IntrospectTokenResponse, error)
+	// A user of the caller's tenant, by id or by address. A user of another
+	// tenant answers NOT_FOUND, as a missing one does.
+	GetUser(context.Context, *AuthServiceGetUserRequest) (*AuthServiceGetUserResponse, error)
+	// Replaces a user's `app_metadata`: a JSON object of at most 2 KB that
+	// every access token issued from then on carries in its `app_metadata`
+	// claim (with the tenant's static claims). Only users of the caller's
+	// tenant; another tenant's user answers NOT_FOUND.
+	UpdateUser(context.Context, *AuthServiceUpdateUserRequest) (*AuthServiceUpdateUserResponse, error)
+	// Starts a change of a user's address: emails a code and/or magic link to
+	// the new address, exactly as StartAuth does (same limits, same canonical
+	// form). Verify with that proof moves the user to the new address (same
+	// user id), logs them in there (its tokens, and those of every refresh
+	// after, carry the new address) and emails a notice to the old address.
+	// An address another user has answers ALREADY_EXISTS (here, and at
+	// Verify if someone took it meanwhile); a disabled user USER_DISABLED;
+	// another tenant's or an unknown user NOT_FOUND.
+	StartEmailChange(context.Context, *StartEmailChangeRequest) (*StartEmailChangeResponse, error)
 	// Returns the public keys that verify one tenant's access tokens (RFC 7517
 	// JSON Web Keys). Public: needs no API key. Each tenant signs with keys of
 	// its own, so a token of one tenant never verifies with another's set. A
@@ -376,6 +441,15 @@ func (UnimplementedAuthServiceServer) RevokeAllSessions(context.Context, *Revoke
 }
 func (UnimplementedAuthServiceServer) IntrospectToken(context.Context, *IntrospectTokenRequest) (*IntrospectTokenResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method IntrospectToken not implemented")
+}
+func (UnimplementedAuthServiceServer) GetUser(context.Context, *AuthServiceGetUserRequest) (*AuthServiceGetUserResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetUser not implemented")
+}
+func (UnimplementedAuthServiceServer) UpdateUser(context.Context, *AuthServiceUpdateUserRequest) (*AuthServiceUpdateUserResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateUser not implemented")
+}
+func (UnimplementedAuthServiceServer) StartEmailChange(context.Context, *StartEmailChangeRequest) (*StartEmailChangeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartEmailChange not implemented")
 }
 func (UnimplementedAuthServiceServer) GetJwks(context.Context, *GetJwksRequest) (*GetJwksResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetJwks not implemented")
@@ -573,6 +647,60 @@ func _AuthService_IntrospectToken_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuthService_GetUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthServiceGetUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).GetUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/GetUser",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).GetUser(ctx, req.(*AuthServiceGetUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuthService_UpdateUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthServiceUpdateUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).UpdateUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/UpdateUser",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).UpdateUser(ctx, req.(*AuthServiceUpdateUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuthService_StartEmailChange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartEmailChangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthServiceServer).StartEmailChange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/latchkey.v1.AuthService/StartEmailChange",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthServiceServer).StartEmailChange(ctx, req.(*StartEmailChangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AuthService_GetJwks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetJwksRequest)
 	if err := dec(in); err != nil {
@@ -738,6 +866,18 @@ var _AuthService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "IntrospectToken",
 			Handler:    _AuthService_IntrospectToken_Handler,
+		},
+		{
+			MethodName: "GetUser",
+			Handler:    _AuthService_GetUser_Handler,
+		},
+		{
+			MethodName: "UpdateUser",
+			Handler:    _AuthService_UpdateUser_Handler,
+		},
+		{
+			MethodName: "StartEmailChange",
+			Handler:    _AuthService_StartEmailChange_Handler,
 		},
 		{
 			MethodName: "GetJwks",

@@ -68,6 +68,28 @@ fn request_constraints(message: &str) -> Vec<(&'static str, Value)> {
             vec![("sessionId", json!({ "format": "uuid" }))]
         }
         "ListSessionsRequest" => vec![("userId", json!({ "format": "uuid" }))],
+        "StartEmailChangeRequest" => vec![
+            ("userId", json!({ "format": "uuid" })),
+            (
+                "newEmail",
+                json!({ "format": "email", "minLength": 3, "maxLength": email::MAX_EMAIL_LEN }),
+            ),
+            ("validationUrl", json!({ "maxLength": auth::MAX_URL_LEN })),
+        ],
+        "AuthServiceGetUserRequest" => vec![
+            (
+                "userId",
+                json!({ "anyOf": [{ "const": "" }, { "format": "uuid" }] }),
+            ),
+            ("email", json!({ "maxLength": email::MAX_EMAIL_LEN })),
+        ],
+        "AuthServiceUpdateUserRequest" => vec![
+            ("userId", json!({ "format": "uuid" })),
+            (
+                "appMetadata",
+                json!({ "minLength": 2, "maxLength": 8 * auth::users::MAX_METADATA_BYTES }),
+            ),
+        ],
         "RevokeAllSessionsRequest" => vec![
             ("userId", json!({ "format": "uuid" })),
             (
@@ -101,6 +123,8 @@ fn request_required(message: &str) -> &'static [&'static str] {
         "ResendCodeRequest" | "RevokeSessionRequest" => &["sessionId"],
         "ListSessionsRequest" | "RevokeAllSessionsRequest" => &["userId"],
         "IntrospectTokenRequest" => &["token"],
+        "AuthServiceUpdateUserRequest" => &["userId", "appMetadata"],
+        "StartEmailChangeRequest" => &["userId", "newEmail"],
         _ => &[],
     }
 }
@@ -111,6 +135,7 @@ fn response_optional(message: &str) -> &'static [&'static str] {
     match message {
         "Session" => &["lastRefreshedAt", "endedAt"],
         "IntrospectTokenResponse" => &["claims"],
+        "User" => &["disabledAt"],
         _ => &[],
     }
 }

@@ -188,6 +188,13 @@ impl AuthService {
             },
         )
         .await?;
+        // Checked once the assertion proved the passkey, so that only its
+        // holder learns it: as for Verify, the ceremony is spent.
+        if user.disabled_at.is_some() {
+            tx.commit().await?;
+            tracing::info!(user_id = %user.id, "passkey login refused: user disabled");
+            return Err(AuthError::UserDisabled);
+        }
 
         let session_id = uuid::Uuid::now_v7().to_string();
         tracing::Span::current().record("session_id", session_id.as_str());

@@ -18,6 +18,9 @@ pub struct Claims {
     pub nbf: i64,
     pub exp: i64,
     pub jti: String,
+    /// The app's data (tenant static claims and user metadata), if any.
+    #[serde(default)]
+    pub app_metadata: Option<serde_json::Value>,
 }
 
 /// Verifies an access token the way an independent service would: with a

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from latchkey.v1 import auth_pb2 as latchkey_dot_v1_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17latchkey/v1/admin.proto\x12\x0blatchkey.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\n\n\x0eTenantSettings\x12\x1b\n\x06issuer\x18\x01 \x01(\tH\x00R\x06issuer\x88\x01\x01\x12\x1f\n\x08\x61udience\x18\x02 \x01(\tH\x01R\x08\x61udience\x88\x01\x01\x12<\n\x18\x61\x63\x63\x65ss_token_ttl_seconds\x18\x03 \x01(\rH\x02R\x15\x61\x63\x63\x65ssTokenTtlSeconds\x88\x01\x01\x12\x33\n\x13session_ttl_seconds\x18\x04 \x01(\rH\x03R\x11sessionTtlSeconds\x88\x01\x01\x12$\n\x0b\x63ode_length\x18\x05 \x01(\rH\x04R\ncodeLength\x88\x01\x01\x12-\n\x10\x63ode_ttl_seconds\x18\x06 \x01(\rH\x05R\x0e\x63odeTtlSeconds\x88\x01\x01\x12/\n\x11\x63ode_max_attempts\x18\x07 \x01(\rH\x06R\x0f\x63odeMaxAttempts\x88\x01\x01\x12 \n\tmail_from\x18\x08 \x01(\tH\x07R\x08mailFrom\x88\x01\x01\x12\x1e\n\x08\x61pp_name\x18\t \x01(\tH\x08R\x07\x61ppName\x88\x01\x01\x12\x36\n\x17\x61llowed_validation_urls\x18\n \x03(\tR\x15\x61llowedValidationUrls\x12*\n\x0e\x64\x65\x66\x61ult_locale\x18\x0b \x01(\tH\tR\rdefaultLocale\x88\x01\x01\x12>\n\rsignup_policy\x18\x0c \x01(\x0e\x32\x19.latchkey.v1.SignupPolicyR\x0csignupPolicy\x12\x39\n\x16notify_unknown_address\x18\r \x01(\x08H\nR\x14notifyUnknownAddress\x88\x01\x01\x12\x39\n\x16\x64\x65\x66\x61ult_validation_url\x18\x0e \x01(\tH\x0bR\x14\x64\x65\x66\x61ultValidationUrl\x88\x01\x01\x12-\n\x10rate_limit_email\x18\x0f \x01(\rH\x0cR\x0erateLimitEmail\x88\x01\x01\x12\'\n\rrate_limit_ip\x18\x10 \x01(\rH\rR\x0brateLimitIp\x88\x01\x01\x12/\n\x11rate_limit_tenant\x18\x11 \x01(\rH\x0eR\x0frateLimitTenant\x88\x01\x01\x12\x37\n\x15verify_failure_budget\x18\x12 \x01(\rH\x0fR\x13verifyFailureBudget\x88\x01\x01\x12\'\n\rpasskey_rp_id\x18\x13 \x01(\tH\x10R\x0bpasskeyRpId\x88\x01\x01\x12+\n\x0fpasskey_rp_name\x18\x14 \x01(\tH\x11R\rpasskeyRpName\x88\x01\x01\x12\'\n\x0fpasskey_origins\x18\x15 \x03(\tR\x0epasskeyOriginsB\t\n\x07_issuerB\x0b\n\t_audienceB\x1b\n\x19_access_token_ttl_secondsB\x16\n\x14_session_ttl_secondsB\x0e\n\x0c_code_lengthB\x13\n\x11_code_ttl_secondsB\x14\n\x12_code_max_attemptsB\x0c\n\n_mail_fromB\x0b\n\t_app_nameB\x11\n\x0f_default_localeB\x19\n\x17_notify_unknown_addressB\x19\n\x17_default_validation_urlB\x13\n\x11_rate_limit_emailB\x10\n\x0e_rate_limit_ipB\x14\n\x12_rate_limit_tenantB\x18\n\x16_verify_failure_budgetB\x10\n\x0e_passkey_rp_idB\x12\n\x10_passkey_rp_name\"\xdb\x01\n\x06Tenant\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\x7f\n\x13\x43reateTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\"\xe9\x01\n\x14\x43reateTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\x14\n\x12ListTenantsRequest\"D\n\x13ListTenantsResponse\x12-\n\x07tenants\x18\x01 \x03(\x0b\x32\x13.latchkey.v1.TenantR\x07tenants\"/\n\x10GetTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"\xe6\x01\n\x11GetTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\xb4\x01\n\x13UpdateTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12%\n\x0e\x63lear_settings\x18\x04 \x03(\tR\rclearSettingsB\x07\n\x05_name\"\xe9\x01\n\x14UpdateTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\xf0\x02\n\x06\x41piKey\x12\x16\n\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12.\n\x05scope\x18\x04 \x01(\x0e\x32\x18.latchkey.v1.ApiKeyScopeR\x05scope\x12\x39\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x39\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\trevokedAt\x12<\n\x0clast_used_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\"\xb1\x01\n\x13\x43reateApiKeyRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12.\n\x05scope\x18\x03 \x01(\x0e\x32\x18.latchkey.v1.ApiKeyScopeR\x05scope\x12\x39\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\"V\n\x14\x43reateApiKeyResponse\x12,\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.latchkey.v1.ApiKeyR\x06\x61piKey\x12\x10\n\x03key\x18\x02 \x01(\tR\x03key\"1\n\x12ListApiKeysRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"E\n\x13ListApiKeysResponse\x12.\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x13.latchkey.v1.ApiKeyR\x07\x61piKeys\"-\n\x13RevokeApiKeyRequest\x12\x16\n\x06prefix\x18\x01 \x01(\tR\x06prefix\"\x16\n\x14RevokeApiKeyResponse\"\\\n\x0eGetUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x14\n\x05\x65mail\x18\x03 \x01(\tR\x05\x65mail\"r\n\x0fGetUserResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x65mail\x18\x02 \x01(\tR\x05\x65mail\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\"I\n\x11\x44\x65leteUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\"\x14\n\x12\x44\x65leteUserResponse*n\n\x0cSignupPolicy\x12\x1d\n\x19SIGNUP_POLICY_UNSPECIFIED\x10\x00\x12!\n\x1dSIGNUP_POLICY_LOGIN_OR_CREATE\x10\x01\x12\x1c\n\x18SIGNUP_POLICY_LOGIN_ONLY\x10\x02*\\\n\x0b\x41piKeyScope\x12\x1d\n\x19\x41PI_KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41PI_KEY_SCOPE_APP\x10\x01\x12\x17\n\x13\x41PI_KEY_SCOPE_ADMIN\x10\x02\x32\xe7\x05\n\x0c\x41\x64minService\x12S\n\x0c\x43reateTenant\x12 .latchkey.v1.CreateTenantRequest\x1a!.latchkey.v1.CreateTenantResponse\x12P\n\x0bListTenants\x12\x1f.latchkey.v1.ListTenantsRequest\x1a .latchkey.v1.ListTenantsResponse\x12J\n\tGetTenant\x12\x1d.latchkey.v1.GetTenantRequest\x1a\x1e.latchkey.v1.GetTenantResponse\x12S\n\x0cUpdateTenant\x12 .latchkey.v1.UpdateTenantRequest\x1a!.latchkey.v1.UpdateTenantResponse\x12S\n\x0c\x43reateApiKey\x12 .latchkey.v1.CreateApiKeyRequest\x1a!.latchkey.v1.CreateApiKeyResponse\x12P\n\x0bListApiKeys\x12\x1f.latchkey.v1.ListApiKeysRequest\x1a .latchkey.v1.ListApiKeysResponse\x12S\n\x0cRevokeApiKey\x12 .latchkey.v1.RevokeApiKeyRequest\x1a!.latchkey.v1.RevokeApiKeyResponse\x12\x44\n\x07GetUser\x12\x1b.latchkey.v1.GetUserRequest\x1a\x1c.latchkey.v1.GetUserResponse\x12M\n\nDeleteUser\x12\x1e.latchkey.v1.DeleteUserRequest\x1a\x1f.latchkey.v1.DeleteUserResponseB\x8f\x01\n\x0f\x64\x65v.latchkey.v1B\nAdminProtoP\x01Z=github.com/latchkey/latchkey/clients/go/latchkeyv1;latchkeyv1\xa2\x02\x03LTK\xaa\x02\x0bLatchkey.V1\xca\x02\x0bLatchkey\\V1\xea\x02\x0cLatchkey::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17latchkey/v1/admin.proto\x12\x0blatchkey.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16latchkey/v1/auth.proto\"\x89\x0b\n\x0eTenantSettings\x12\x1b\n\x06issuer\x18\x01 \x01(\tH\x00R\x06issuer\x88\x01\x01\x12\x1f\n\x08\x61udience\x18\x02 \x01(\tH\x01R\x08\x61udience\x88\x01\x01\x12<\n\x18\x61\x63\x63\x65ss_token_ttl_seconds\x18\x03 \x01(\rH\x02R\x15\x61\x63\x63\x65ssTokenTtlSeconds\x88\x01\x01\x12\x33\n\x13session_ttl_seconds\x18\x04 \x01(\rH\x03R\x11sessionTtlSeconds\x88\x01\x01\x12$\n\x0b\x63ode_length\x18\x05 \x01(\rH\x04R\ncodeLength\x88\x01\x01\x12-\n\x10\x63ode_ttl_seconds\x18\x06 \x01(\rH\x05R\x0e\x63odeTtlSeconds\x88\x01\x01\x12/\n\x11\x63ode_max_attempts\x18\x07 \x01(\rH\x06R\x0f\x63odeMaxAttempts\x88\x01\x01\x12 \n\tmail_from\x18\x08 \x01(\tH\x07R\x08mailFrom\x88\x01\x01\x12\x1e\n\x08\x61pp_name\x18\t \x01(\tH\x08R\x07\x61ppName\x88\x01\x01\x12\x36\n\x17\x61llowed_validation_urls\x18\n \x03(\tR\x15\x61llowedValidationUrls\x12*\n\x0e\x64\x65\x66\x61ult_locale\x18\x0b \x01(\tH\tR\rdefaultLocale\x88\x01\x01\x12>\n\rsignup_policy\x18\x0c \x01(\x0e\x32\x19.latchkey.v1.SignupPolicyR\x0csignupPolicy\x12\x39\n\x16notify_unknown_address\x18\r \x01(\x08H\nR\x14notifyUnknownAddress\x88\x01\x01\x12\x39\n\x16\x64\x65\x66\x61ult_validation_url\x18\x0e \x01(\tH\x0bR\x14\x64\x65\x66\x61ultValidationUrl\x88\x01\x01\x12-\n\x10rate_limit_email\x18\x0f \x01(\rH\x0cR\x0erateLimitEmail\x88\x01\x01\x12\'\n\rrate_limit_ip\x18\x10 \x01(\rH\rR\x0brateLimitIp\x88\x01\x01\x12/\n\x11rate_limit_tenant\x18\x11 \x01(\rH\x0eR\x0frateLimitTenant\x88\x01\x01\x12\x37\n\x15verify_failure_budget\x18\x12 \x01(\rH\x0fR\x13verifyFailureBudget\x88\x01\x01\x12\'\n\rpasskey_rp_id\x18\x13 \x01(\tH\x10R\x0bpasskeyRpId\x88\x01\x01\x12+\n\x0fpasskey_rp_name\x18\x14 \x01(\tH\x11R\rpasskeyRpName\x88\x01\x01\x12\'\n\x0fpasskey_origins\x18\x15 \x03(\tR\x0epasskeyOrigins\x12(\n\rstatic_claims\x18\x16 \x01(\tH\x12R\x0cstaticClaims\x88\x01\x01\x42\t\n\x07_issuerB\x0b\n\t_audienceB\x1b\n\x19_access_token_ttl_secondsB\x16\n\x14_session_ttl_secondsB\x0e\n\x0c_code_lengthB\x13\n\x11_code_ttl_secondsB\x14\n\x12_code_max_attemptsB\x0c\n\n_mail_fromB\x0b\n\t_app_nameB\x11\n\x0f_default_localeB\x19\n\x17_notify_unknown_addressB\x19\n\x17_default_validation_urlB\x13\n\x11_rate_limit_emailB\x10\n\x0e_rate_limit_ipB\x14\n\x12_rate_limit_tenantB\x18\n\x16_verify_failure_budgetB\x10\n\x0e_passkey_rp_idB\x12\n\x10_passkey_rp_nameB\x10\n\x0e_static_claims\"\xdb\x01\n\x06Tenant\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\x7f\n\x13\x43reateTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\"\xe9\x01\n\x14\x43reateTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\x14\n\x12ListTenantsRequest\"D\n\x13ListTenantsResponse\x12-\n\x07tenants\x18\x01 \x03(\x0b\x32\x13.latchkey.v1.TenantR\x07tenants\"/\n\x10GetTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"\xe6\x01\n\x11GetTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\xb4\x01\n\x13UpdateTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12%\n\x0e\x63lear_settings\x18\x04 \x03(\tR\rclearSettingsB\x07\n\x05_name\"\xe9\x01\n\x14UpdateTenantResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x37\n\x08settings\x18\x03 \x01(\x0b\x32\x1b.latchkey.v1.TenantSettingsR\x08settings\x12\x39\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\"\xf0\x02\n\x06\x41piKey\x12\x16\n\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12.\n\x05scope\x18\x04 \x01(\x0e\x32\x18.latchkey.v1.ApiKeyScopeR\x05scope\x12\x39\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\x12\x39\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\trevokedAt\x12<\n\x0clast_used_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastUsedAt\"\xb1\x01\n\x13\x43reateApiKeyRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12.\n\x05scope\x18\x03 \x01(\x0e\x32\x18.latchkey.v1.ApiKeyScopeR\x05scope\x12\x39\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\"V\n\x14\x43reateApiKeyResponse\x12,\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.latchkey.v1.ApiKeyR\x06\x61piKey\x12\x10\n\x03key\x18\x02 \x01(\tR\x03key\"1\n\x12ListApiKeysRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"E\n\x13ListApiKeysResponse\x12.\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x13.latchkey.v1.ApiKeyR\x07\x61piKeys\"-\n\x13RevokeApiKeyRequest\x12\x16\n\x06prefix\x18\x01 \x01(\tR\x06prefix\"\x16\n\x14RevokeApiKeyResponse\"\\\n\x0eGetUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x14\n\x05\x65mail\x18\x03 \x01(\tR\x05\x65mail\"\x8d\x02\n\x0fGetUserResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x65mail\x18\x02 \x01(\tR\x05\x65mail\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12;\n\x0b\x64isabled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ndisabledAt\x12!\n\x0c\x61pp_metadata\x18\x06 \x01(\tR\x0b\x61ppMetadata\"\x92\x02\n\x10ListUsersRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12!\n\x0c\x65mail_prefix\x18\x02 \x01(\tR\x0b\x65mailPrefix\x12?\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0c\x63reatedAfter\x12\x41\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rcreatedBefore\x12\x1b\n\tpage_size\x18\x05 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x06 \x01(\tR\tpageToken\"d\n\x11ListUsersResponse\x12\'\n\x05users\x18\x01 \x03(\x0b\x32\x11.latchkey.v1.UserR\x05users\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"l\n\x11UpdateUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12!\n\x0c\x61pp_metadata\x18\x03 \x01(\tR\x0b\x61ppMetadata\";\n\x12UpdateUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x11.latchkey.v1.UserR\x04user\"J\n\x12\x44isableUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\"_\n\x13\x44isableUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x11.latchkey.v1.UserR\x04user\x12!\n\x0c\x65nded_logins\x18\x02 \x01(\rR\x0b\x65ndedLogins\"I\n\x11\x45nableUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\";\n\x12\x45nableUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x11.latchkey.v1.UserR\x04user\"I\n\x11\x44\x65leteUserRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\"\x14\n\x12\x44\x65leteUserResponse*n\n\x0cSignupPolicy\x12\x1d\n\x19SIGNUP_POLICY_UNSPECIFIED\x10\x00\x12!\n\x1dSIGNUP_POLICY_LOGIN_OR_CREATE\x10\x01\x12\x1c\n\x18SIGNUP_POLICY_LOGIN_ONLY\x10\x02*\\\n\x0b\x41piKeyScope\x12\x1d\n\x19\x41PI_KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41PI_KEY_SCOPE_APP\x10\x01\x12\x17\n\x13\x41PI_KEY_SCOPE_ADMIN\x10\x02\x32\xa3\x08\n\x0c\x41\x64minService\x12S\n\x0c\x43reateTenant\x12 .latchkey.v1.CreateTenantRequest\x1a!.latchkey.v1.CreateTenantResponse\x12P\n\x0bListTenants\x12\x1f.latchkey.v1.ListTenantsRequest\x1a .latchkey.v1.ListTenantsResponse\x12J\n\tGetTenant\x12\x1d.latchkey.v1.GetTenantRequest\x1a\x1e.latchkey.v1.GetTenantResponse\x12S\n\x0cUpdateTenant\x12 .latchkey.v1.UpdateTenantRequest\x1a!.latchkey.v1.UpdateTenantResponse\x12S\n\x0c\x43reateApiKey\x12 .latchkey.v1.CreateApiKeyRequest\x1a!.latchkey.v1.CreateApiKeyResponse\x12P\n\x0bListApiKeys\x12\x1f.latchkey.v1.ListApiKeysRequest\x1a .latchkey.v1.ListApiKeysResponse\x12S\n\x0cRevokeApiKey\x12 .latchkey.v1.RevokeApiKeyRequest\x1a!.latchkey.v1.RevokeApiKeyResponse\x12\x44\n\x07GetUser\x12\x1b.latchkey.v1.GetUserRequest\x1a\x1c.latchkey.v1.GetUserResponse\x12J\n\tListUsers\x12\x1d.latchkey.v1.ListUsersRequest\x1a\x1e.latchkey.v1.ListUsersResponse\x12M\n\nUpdateUser\x12\x1e.latchkey.v1.UpdateUserRequest\x1a\x1f.latchkey.v1.UpdateUserResponse\x12P\n\x0b\x44isableUser\x12\x1f.latchkey.v1.DisableUserRequest\x1a .latchkey.v1.DisableUserResponse\x12M\n\nEnableUser\x12\x1e.latchkey.v1.EnableUserRequest\x1a\x1f.latchkey.v1.EnableUserResponse\x12M\n\nDeleteUser\x12\x1e.latchkey.v1.DeleteUserRequest\x1a\x1f.latchkey.v1.DeleteUserResponseB\x8f\x01\n\x0f\x64\x65v.latchkey.v1B\nAdminProtoP\x01Z=github.com/latchkey/latchkey/clients/go/latchkeyv1;latchkeyv1\xa2\x02\x03LTK\xaa\x02\x0bLatchkey.V1\xca\x02\x0bLatchkey\\V1\xea\x02\x0cLatchkey::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,52 +34,68 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latchkey.v1.admin_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.latchkey.v1B\nAdminProtoP\001Z=github.com/latchkey/latchkey/clients/go/latchkeyv1;latchkeyv1\242\002\003LTK\252\002\013Latchkey.V1\312\002\013Latchkey\\V1\352\002\014Latchkey::V1'
-  _globals['_SIGNUPPOLICY']._serialized_start=3952
-  _globals['_SIGNUPPOLICY']._serialized_end=4062
-  _globals['_APIKEYSCOPE']._serialized_start=4064
-  _globals['_APIKEYSCOPE']._serialized_end=4156
-  _globals['_TENANTSETTINGS']._serialized_start=74
-  _globals['_TENANTSETTINGS']._serialized_end=1431
-  _globals['_TENANT']._serialized_start=1434
-  _globals['_TENANT']._serialized_end=1653
-  _globals['_CREATETENANTREQUEST']._serialized_start=1655
-  _globals['_CREATETENANTREQUEST']._serialized_end=1782
-  _globals['_CREATETENANTRESPONSE']._serialized_start=1785
-  _globals['_CREATETENANTRESPONSE']._serialized_end=2018
-  _globals['_LISTTENANTSREQUEST']._serialized_start=2020
-  _globals['_LISTTENANTSREQUEST']._serialized_end=2040
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=2042
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=2110
-  _globals['_GETTENANTREQUEST']._serialized_start=2112
-  _globals['_GETTENANTREQUEST']._serialized_end=2159
-  _globals['_GETTENANTRESPONSE']._serialized_start=2162
-  _globals['_GETTENANTRESPONSE']._serialized_end=2392
-  _globals['_UPDATETENANTREQUEST']._serialized_start=2395
-  _globals['_UPDATETENANTREQUEST']._serialized_end=2575
-  _globals['_UPDATETENANTRESPONSE']._serialized_start=2578
-  _globals['_UPDATETENANTRESPONSE']._serialized_end=2811
-  _globals['_APIKEY']._serialized_start=2814
-  _globals['_APIKEY']._serialized_end=3182
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=3185
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=3362
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=3364
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=3450
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=3452
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=3501
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=3503
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=3572
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=3574
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=3619
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=3621
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=3643
-  _globals['_GETUSERREQUEST']._serialized_start=3645
-  _globals['_GETUSERREQUEST']._serialized_end=3737
-  _globals['_GETUSERRESPONSE']._serialized_start=3739
-  _globals['_GETUSERRESPONSE']._serialized_end=3853
-  _globals['_DELETEUSERREQUEST']._serialized_start=3855
-  _globals['_DELETEUSERREQUEST']._serialized_end=3928
-  _globals['_DELETEUSERRESPONSE']._serialized_start=3930
-  _globals['_DELETEUSERRESPONSE']._serialized_end=3950
-  _globals['_ADMINSERVICE']._serialized_start=4159
-  _globals['_ADMINSERVICE']._serialized_end=4902
+  _globals['_SIGNUPPOLICY']._serialized_start=5051
+  _globals['_SIGNUPPOLICY']._serialized_end=5161
+  _globals['_APIKEYSCOPE']._serialized_start=5163
+  _globals['_APIKEYSCOPE']._serialized_end=5255
+  _globals['_TENANTSETTINGS']._serialized_start=98
+  _globals['_TENANTSETTINGS']._serialized_end=1515
+  _globals['_TENANT']._serialized_start=1518
+  _globals['_TENANT']._serialized_end=1737
+  _globals['_CREATETENANTREQUEST']._serialized_start=1739
+  _globals['_CREATETENANTREQUEST']._serialized_end=1866
+  _globals['_CREATETENANTRESPONSE']._serialized_start=1869
+  _globals['_CREATETENANTRESPONSE']._serialized_end=2102
+  _globals['_LISTTENANTSREQUEST']._serialized_start=2104
+  _globals['_LISTTENANTSREQUEST']._serialized_end=2124
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=2126
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=2194
+  _globals['_GETTENANTREQUEST']._serialized_start=2196
+  _globals['_GETTENANTREQUEST']._serialized_end=2243
+  _globals['_GETTENANTRESPONSE']._serialized_start=2246
+  _globals['_GETTENANTRESPONSE']._serialized_end=2476
+  _globals['_UPDATETENANTREQUEST']._serialized_start=2479
+  _globals['_UPDATETENANTREQUEST']._serialized_end=2659
+  _globals['_UPDATETENANTRESPONSE']._serialized_start=2662
+  _globals['_UPDATETENANTRESPONSE']._serialized_end=2895
+  _globals['_APIKEY']._serialized_start=2898
+  _globals['_APIKEY']._serialized_end=3266
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=3269
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=3446
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=3448
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=3534
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=3536
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=3585
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=3587
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=3656
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=3658
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=3703
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=3705
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=3727
+  _globals['_GETUSERREQUEST']._serialized_start=3729
+  _globals['_GETUSERREQUEST']._serialized_end=3821
+  _globals['_GETUSERRESPONSE']._serialized_start=3824
+  _globals['_GETUSERRESPONSE']._serialized_end=4093
+  _globals['_LISTUSERSREQUEST']._serialized_start=4096
+  _globals['_LISTUSERSREQUEST']._serialized_end=4370
+  _globals['_LISTUSERSRESPONSE']._serialized_start=4372
+  _globals['_LISTUSERSRESPONSE']._serialized_end=4472
+  _globals['_UPDATEUSERREQUEST']._serialized_start=4474
+  _globals['_UPDATEUSERREQUEST']._serialized_end=4582
+  _globals['_UPDATEUSERRESPONSE']._serialized_start=4584
+  _globals['_UPDATEUSERRESPONSE']._serialized_end=4643
+  _globals['_DISABLEUSERREQUEST']._serialized_start=4645
+  _globals['_DISABLEUSERREQUEST']._serialized_end=4719
+  _globals['_DISABLEUSERRESPONSE']._serialized_start=4721
+  _globals['_DISABLEUSERRESPONSE']._serialized_end=4816
+  _globals['_ENABLEUSERREQUEST']._serialized_start=4818
+  _globals['_ENABLEUSERREQUEST']._serialized_end=4891
+  _globals['_ENABLEUSERRESPONSE']._serialized_start=4893
+  _globals['_ENABLEUSERRESPONSE']._serialized_end=4952
+  _globals['_DELETEUSERREQUEST']._serialized_start=4954
+  _globals['_DELETEUSERREQUEST']._serialized_end=5027
+  _globals['_DELETEUSERRESPONSE']._serialized_start=5029
+  _globals['_DELETEUSERRESPONSE']._serialized_end=5049
+  _globals['_ADMINSERVICE']._serialized_start=5258
+  _globals['_ADMINSERVICE']._serialized_end=6317
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from latchkey.v1 import auth_pb2 as _auth_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -29,7 +30,7 @@ API_KEY_SCOPE_APP: ApiKeyScope
 API_KEY_SCOPE_ADMIN: ApiKeyScope
 
 class TenantSettings(_message.Message):
-    __slots__ = ("issuer", "audience", "access_token_ttl_seconds", "session_ttl_seconds", "code_length", "code_ttl_seconds", "code_max_attempts", "mail_from", "app_name", "allowed_validation_urls", "default_locale", "signup_policy", "notify_unknown_address", "default_validation_url", "rate_limit_email", "rate_limit_ip", "rate_limit_tenant", "verify_failure_budget", "passkey_rp_id", "passkey_rp_name", "passkey_origins")
+    __slots__ = ("issuer", "audience", "access_token_ttl_seconds", "session_ttl_seconds", "code_length", "code_ttl_seconds", "code_max_attempts", "mail_from", "app_name", "allowed_validation_urls", "default_locale", "signup_policy", "notify_unknown_address", "default_validation_url", "rate_limit_email", "rate_limit_ip", "rate_limit_tenant", "verify_failure_budget", "passkey_rp_id", "passkey_rp_name", "passkey_origins", "static_claims")
     ISSUER_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +52,7 @@ class TenantSettings(_message.Message):
     PASSKEY_RP_ID_FIELD_NUMBER: _ClassVar[int]
     PASSKEY_RP_NAME_FIELD_NUMBER: _ClassVar[int]
     PASSKEY_ORIGINS_FIELD_NUMBER: _ClassVar[int]
+    STATIC_CLAIMS_FIELD_NUMBER: _ClassVar[int]
     issuer: str
     audience: str
     access_token_ttl_seconds: int
@@ -72,7 +74,8 @@ class TenantSettings(_message.Message):
     passkey_rp_id: str
     passkey_rp_name: str
     passkey_origins: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, issuer: _Optional[str] = ..., audience: _Optional[str] = ..., access_token_ttl_seconds: _Optional[int] = ..., session_ttl_seconds: _Optional[int] = ..., code_length: _Optional[int] = ..., code_ttl_seconds: _Optional[int] = ..., code_max_attempts: _Optional[int] = ..., mail_from: _Optional[str] = ..., app_name: _Optional[str] = ..., allowed_validation_urls: _Optional[_Iterable[str]] = ..., default_locale: _Optional[str] = ..., signup_policy: _Optional[_Union[SignupPolicy, str]] = ..., notify_unknown_address: _Optional[bool] = ..., default_validation_url: _Optional[str] = ..., rate_limit_email: _Optional[int] = ..., rate_limit_ip: _Optional[int] = ..., rate_limit_tenant: _Optional[int] = ..., verify_failure_budget: _Optional[int] = ..., passkey_rp_id: _Optional[str] = ..., passkey_rp_name: _Optional[str] = ..., passkey_origins: _Optional[_Iterable[str]] = ...) -> None: ...
+    static_claims: str
+    def __init__(self, issuer: _Optional[str] = ..., audience: _Optional[str] = ..., access_token_ttl_seconds: _Optional[int] = ..., session_ttl_seconds: _Optional[int] = ..., code_length: _Optional[int] = ..., code_ttl_seconds: _Optional[int] = ..., code_max_attempts: _Optional[int] = ..., mail_from: _Optional[str] = ..., app_name: _Optional[str] = ..., allowed_validation_urls: _Optional[_Iterable[str]] = ..., default_locale: _Optional[str] = ..., signup_policy: _Optional[_Union[SignupPolicy, str]] = ..., notify_unknown_address: _Optional[bool] = ..., default_validation_url: _Optional[str] = ..., rate_limit_email: _Optional[int] = ..., rate_limit_ip: _Optional[int] = ..., rate_limit_tenant: _Optional[int] = ..., verify_failure_budget: _Optional[int] = ..., passkey_rp_id: _Optional[str] = ..., passkey_rp_name: _Optional[str] = ..., passkey_origins: _Optional[_Iterable[str]] = ..., static_claims: _Optional[str] = ...) -> None: ...
 
 class Tenant(_message.Message):
     __slots__ = ("id", "name", "settings", "created_at", "updated_at")
@@ -241,14 +244,90 @@ class GetUserRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., email: _Optional[str] = ...) -> None: ...
 
 class GetUserResponse(_message.Message):
-    __slots__ = ("id", "email", "created_at")
+    __slots__ = ("id", "email", "created_at", "updated_at", "disabled_at", "app_metadata")
     ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_AT_FIELD_NUMBER: _ClassVar[int]
+    APP_METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     email: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    updated_at: _timestamp_pb2.Timestamp
+    disabled_at: _timestamp_pb2.Timestamp
+    app_metadata: str
+    def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disabled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., app_metadata: _Optional[str] = ...) -> None: ...
+
+class ListUsersRequest(_message.Message):
+    __slots__ = ("tenant_id", "email_prefix", "created_after", "created_before", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    email_prefix: str
+    created_after: _timestamp_pb2.Timestamp
+    created_before: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., email_prefix: _Optional[str] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListUsersResponse(_message.Message):
+    __slots__ = ("users", "next_page_token")
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[_auth_pb2.User]
+    next_page_token: str
+    def __init__(self, users: _Optional[_Iterable[_Union[_auth_pb2.User, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateUserRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id", "app_metadata")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    APP_METADATA_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    app_metadata: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., app_metadata: _Optional[str] = ...) -> None: ...
+
+class UpdateUserResponse(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: _auth_pb2.User
+    def __init__(self, user: _Optional[_Union[_auth_pb2.User, _Mapping]] = ...) -> None: ...
+
+class DisableUserRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class DisableUserResponse(_message.Message):
+    __slots__ = ("user", "ended_logins")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    ENDED_LOGINS_FIELD_NUMBER: _ClassVar[int]
+    user: _auth_pb2.User
+    ended_logins: int
+    def __init__(self, user: _Optional[_Union[_auth_pb2.User, _Mapping]] = ..., ended_logins: _Optional[int] = ...) -> None: ...
+
+class EnableUserRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class EnableUserResponse(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: _auth_pb2.User
+    def __init__(self, user: _Optional[_Union[_auth_pb2.User, _Mapping]] = ...) -> None: ...
 
 class DeleteUserRequest(_message.Message):
     __slots__ = ("tenant_id", "user_id")

@@ -76,6 +76,26 @@ class AdminServiceStub:
                 request_serializer=latchkey_dot_v1_dot_admin__pb2.GetUserRequest.SerializeToString,
                 response_deserializer=latchkey_dot_v1_dot_admin__pb2.GetUserResponse.FromString,
                 _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/latchkey.v1.AdminService/ListUsers',
+                request_serializer=latchkey_dot_v1_dot_admin__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_admin__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
+        self.UpdateUser = channel.unary_unary(
+                '/latchkey.v1.AdminService/UpdateUser',
+                request_serializer=latchkey_dot_v1_dot_admin__pb2.UpdateUserRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_admin__pb2.UpdateUserResponse.FromString,
+                _registered_method=True)
+        self.DisableUser = channel.unary_unary(
+                '/latchkey.v1.AdminService/DisableUser',
+                request_serializer=latchkey_dot_v1_dot_admin__pb2.DisableUserRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_admin__pb2.DisableUserResponse.FromString,
+                _registered_method=True)
+        self.EnableUser = channel.unary_unary(
+                '/latchkey.v1.AdminService/EnableUser',
+                request_serializer=latchkey_dot_v1_dot_admin__pb2.EnableUserRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_admin__pb2.EnableUserResponse.FromString,
+                _registered_method=True)
         self.DeleteUser = channel.unary_unary(
                 '/latchkey.v1.AdminService/DeleteUser',
                 request_serializer=latchkey_dot_v1_dot_admin__pb2.DeleteUserRequest.SerializeToString,
@@ -147,10 +167,46 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUsers(self, request, context):
+        """A tenant's users, oldest first, a page at a time, filtered by address
+        prefix and creation time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateUser(self, request, context):
+        """Replaces a user's `app_metadata` (a JSON object of at most 2 KB, copied
+        into the access tokens issued from then on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableUser(self, request, context):
+        """Disables a user: every login of theirs ends at once (sessions and
+        pending logins, in the same transaction); Verify and Refresh refuse
+        with USER_DISABLED; StartAuth for their address answers as for any
+        address and sends nothing. Access tokens already issued live until
+        they expire. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableUser(self, request, context):
+        """Lets a disabled user log in again. The sessions that disabling ended
+        stay ended. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteUser(self, request, context):
-        """Deletes a user, with every session and refresh token of theirs: their
-        sessions end at once (access tokens already issued live until they
-        expire).
+        """Deletes a user and every trace of their address: their sessions and
+        refresh tokens, every login of the address (pending or ended) and
+        every email to it in the outbox (queued, sent or dead). Their sessions
+        end at once (access tokens already issued live until they expire).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +254,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetUser,
                     request_deserializer=latchkey_dot_v1_dot_admin__pb2.GetUserRequest.FromString,
                     response_serializer=latchkey_dot_v1_dot_admin__pb2.GetUserResponse.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=latchkey_dot_v1_dot_admin__pb2.ListUsersRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_admin__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'UpdateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUser,
+                    request_deserializer=latchkey_dot_v1_dot_admin__pb2.UpdateUserRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_admin__pb2.UpdateUserResponse.SerializeToString,
+            ),
+            'DisableUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableUser,
+                    request_deserializer=latchkey_dot_v1_dot_admin__pb2.DisableUserRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_admin__pb2.DisableUserResponse.SerializeToString,
+            ),
+            'EnableUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableUser,
+                    request_deserializer=latchkey_dot_v1_dot_admin__pb2.EnableUserRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_admin__pb2.EnableUserResponse.SerializeToString,
             ),
             'DeleteUser': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteUser,
@@ -423,6 +499,114 @@ class AdminService:
             '/latchkey.v1.AdminService/GetUser',
             latchkey_dot_v1_dot_admin__pb2.GetUserRequest.SerializeToString,
             latchkey_dot_v1_dot_admin__pb2.GetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AdminService/ListUsers',
+            latchkey_dot_v1_dot_admin__pb2.ListUsersRequest.SerializeToString,
+            latchkey_dot_v1_dot_admin__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AdminService/UpdateUser',
+            latchkey_dot_v1_dot_admin__pb2.UpdateUserRequest.SerializeToString,
+            latchkey_dot_v1_dot_admin__pb2.UpdateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AdminService/DisableUser',
+            latchkey_dot_v1_dot_admin__pb2.DisableUserRequest.SerializeToString,
+            latchkey_dot_v1_dot_admin__pb2.DisableUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AdminService/EnableUser',
+            latchkey_dot_v1_dot_admin__pb2.EnableUserRequest.SerializeToString,
+            latchkey_dot_v1_dot_admin__pb2.EnableUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

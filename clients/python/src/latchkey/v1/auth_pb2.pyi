@@ -47,6 +47,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_PASSKEY_INVALID: _ClassVar[ErrorReason]
     ERROR_REASON_PASSKEY_COUNTER_REGRESSED: _ClassVar[ErrorReason]
     ERROR_REASON_PASSKEY_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_USER_DISABLED: _ClassVar[ErrorReason]
 METHOD_UNSPECIFIED: Method
 METHOD_CODE: Method
 METHOD_LINK: Method
@@ -76,6 +77,7 @@ ERROR_REASON_PASSKEY_CEREMONY_INVALID: ErrorReason
 ERROR_REASON_PASSKEY_INVALID: ErrorReason
 ERROR_REASON_PASSKEY_COUNTER_REGRESSED: ErrorReason
 ERROR_REASON_PASSKEY_NOT_FOUND: ErrorReason
+ERROR_REASON_USER_DISABLED: ErrorReason
 
 class ClientInfo(_message.Message):
     __slots__ = ("ip", "user_agent")
@@ -140,14 +142,20 @@ class VerifyResponse(_message.Message):
     def __init__(self, token: _Optional[str] = ..., token_type: _Optional[str] = ..., expires_in: _Optional[int] = ..., refresh_token: _Optional[str] = ..., user: _Optional[_Union[User, _Mapping]] = ..., session_id: _Optional[str] = ..., new_user: _Optional[bool] = ...) -> None: ...
 
 class User(_message.Message):
-    __slots__ = ("id", "email", "created_at")
+    __slots__ = ("id", "email", "created_at", "updated_at", "disabled_at", "app_metadata")
     ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_AT_FIELD_NUMBER: _ClassVar[int]
+    APP_METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     email: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    updated_at: _timestamp_pb2.Timestamp
+    disabled_at: _timestamp_pb2.Timestamp
+    app_metadata: str
+    def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disabled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., app_metadata: _Optional[str] = ...) -> None: ...
 
 class RefreshRequest(_message.Message):
     __slots__ = ("refresh_token",)
@@ -304,7 +312,7 @@ class IntrospectTokenResponse(_message.Message):
     def __init__(self, active: _Optional[bool] = ..., claims: _Optional[_Union[TokenClaims, _Mapping]] = ..., session_ended: _Optional[bool] = ...) -> None: ...
 
 class TokenClaims(_message.Message):
-    __slots__ = ("iss", "aud", "sub", "email", "sid", "tid", "iat", "nbf", "exp", "jti")
+    __slots__ = ("iss", "aud", "sub", "email", "sid", "tid", "iat", "nbf", "exp", "jti", "app_metadata")
     ISS_FIELD_NUMBER: _ClassVar[int]
     AUD_FIELD_NUMBER: _ClassVar[int]
     SUB_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +323,7 @@ class TokenClaims(_message.Message):
     NBF_FIELD_NUMBER: _ClassVar[int]
     EXP_FIELD_NUMBER: _ClassVar[int]
     JTI_FIELD_NUMBER: _ClassVar[int]
+    APP_METADATA_FIELD_NUMBER: _ClassVar[int]
     iss: str
     aud: str
     sub: str
@@ -325,7 +334,62 @@ class TokenClaims(_message.Message):
     nbf: _timestamp_pb2.Timestamp
     exp: _timestamp_pb2.Timestamp
     jti: str
-    def __init__(self, iss: _Optional[str] = ..., aud: _Optional[str] = ..., sub: _Optional[str] = ..., email: _Optional[str] = ..., sid: _Optional[str] = ..., tid: _Optional[str] = ..., iat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nbf: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jti: _Optional[str] = ...) -> None: ...
+    app_metadata: str
+    def __init__(self, iss: _Optional[str] = ..., aud: _Optional[str] = ..., sub: _Optional[str] = ..., email: _Optional[str] = ..., sid: _Optional[str] = ..., tid: _Optional[str] = ..., iat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nbf: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jti: _Optional[str] = ..., app_metadata: _Optional[str] = ...) -> None: ...
+
+class StartEmailChangeRequest(_message.Message):
+    __slots__ = ("user_id", "new_email", "method", "validation_url", "client", "locale")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_EMAIL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_URL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    LOCALE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    new_email: str
+    method: Method
+    validation_url: str
+    client: ClientInfo
+    locale: str
+    def __init__(self, user_id: _Optional[str] = ..., new_email: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., validation_url: _Optional[str] = ..., client: _Optional[_Union[ClientInfo, _Mapping]] = ..., locale: _Optional[str] = ...) -> None: ...
+
+class StartEmailChangeResponse(_message.Message):
+    __slots__ = ("session_id", "expires_at", "code_length")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CODE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    code_length: int
+    def __init__(self, session_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., code_length: _Optional[int] = ...) -> None: ...
+
+class AuthServiceGetUserRequest(_message.Message):
+    __slots__ = ("user_id", "email")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    email: str
+    def __init__(self, user_id: _Optional[str] = ..., email: _Optional[str] = ...) -> None: ...
+
+class AuthServiceGetUserResponse(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
+
+class AuthServiceUpdateUserRequest(_message.Message):
+    __slots__ = ("user_id", "app_metadata")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    APP_METADATA_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    app_metadata: str
+    def __init__(self, user_id: _Optional[str] = ..., app_metadata: _Optional[str] = ...) -> None: ...
+
+class AuthServiceUpdateUserResponse(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
 
 class StartPasskeyRegistrationRequest(_message.Message):
     __slots__ = ("access_token",)

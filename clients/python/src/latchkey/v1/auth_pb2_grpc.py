@@ -85,6 +85,21 @@ class AuthServiceStub:
                 request_serializer=latchkey_dot_v1_dot_auth__pb2.IntrospectTokenRequest.SerializeToString,
                 response_deserializer=latchkey_dot_v1_dot_auth__pb2.IntrospectTokenResponse.FromString,
                 _registered_method=True)
+        self.GetUser = channel.unary_unary(
+                '/latchkey.v1.AuthService/GetUser',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserResponse.FromString,
+                _registered_method=True)
+        self.UpdateUser = channel.unary_unary(
+                '/latchkey.v1.AuthService/UpdateUser',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserResponse.FromString,
+                _registered_method=True)
+        self.StartEmailChange = channel.unary_unary(
+                '/latchkey.v1.AuthService/StartEmailChange',
+                request_serializer=latchkey_dot_v1_dot_auth__pb2.StartEmailChangeRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_auth__pb2.StartEmailChangeResponse.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/latchkey.v1.AuthService/GetJwks',
                 request_serializer=latchkey_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
@@ -148,7 +163,8 @@ class AuthServiceServicer:
         token. On success the login session becomes active and the user is
         created if this is their first login. Wrong, expired, already used and
         unknown codes and links all answer CODE_INVALID; after too many wrong
-        codes the session is dead and answers TOO_MANY_ATTEMPTS.
+        codes the session is dead and answers TOO_MANY_ATTEMPTS. A disabled
+        user's proof answers USER_DISABLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,7 +176,8 @@ class AuthServiceServicer:
         again within a short grace window (a client retrying a request whose
         answer it lost) returns the same successor again; after the window it is
         treated as theft: the whole session ends and the call answers
-        REFRESH_TOKEN_REUSED.
+        REFRESH_TOKEN_REUSED. A disabled user's refresh token answers
+        USER_DISABLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +229,38 @@ class AuthServiceServicer:
         whether its session is still active, so a revoked session shows before
         its access tokens expire. A bad or foreign token is inactive, not an
         error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUser(self, request, context):
+        """A user of the caller's tenant, by id or by address. A user of another
+        tenant answers NOT_FOUND, as a missing one does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateUser(self, request, context):
+        """Replaces a user's `app_metadata`: a JSON object of at most 2 KB that
+        every access token issued from then on carries in its `app_metadata`
+        claim (with the tenant's static claims). Only users of the caller's
+        tenant; another tenant's user answers NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartEmailChange(self, request, context):
+        """Starts a change of a user's address: emails a code and/or magic link to
+        the new address, exactly as StartAuth does (same limits, same canonical
+        form). Verify with that proof moves the user to the new address (same
+        user id), logs them in there (its tokens, and those of every refresh
+        after, carry the new address) and emails a notice to the old address.
+        An address another user has answers ALREADY_EXISTS (here, and at
+        Verify if someone took it meanwhile); a disabled user USER_DISABLED;
+        another tenant's or an unknown user NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -342,6 +391,21 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.IntrospectToken,
                     request_deserializer=latchkey_dot_v1_dot_auth__pb2.IntrospectTokenRequest.FromString,
                     response_serializer=latchkey_dot_v1_dot_auth__pb2.IntrospectTokenResponse.SerializeToString,
+            ),
+            'GetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUser,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserResponse.SerializeToString,
+            ),
+            'UpdateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUser,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserResponse.SerializeToString,
+            ),
+            'StartEmailChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartEmailChange,
+                    request_deserializer=latchkey_dot_v1_dot_auth__pb2.StartEmailChangeRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_auth__pb2.StartEmailChangeResponse.SerializeToString,
             ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
@@ -628,6 +692,87 @@ class AuthService:
             '/latchkey.v1.AuthService/IntrospectToken',
             latchkey_dot_v1_dot_auth__pb2.IntrospectTokenRequest.SerializeToString,
             latchkey_dot_v1_dot_auth__pb2.IntrospectTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/GetUser',
+            latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.AuthServiceGetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/UpdateUser',
+            latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.AuthServiceUpdateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartEmailChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latchkey.v1.AuthService/StartEmailChange',
+            latchkey_dot_v1_dot_auth__pb2.StartEmailChangeRequest.SerializeToString,
+            latchkey_dot_v1_dot_auth__pb2.StartEmailChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,13 +14,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { User } from "./auth_pb.js";
+import { file_latchkey_v1_auth } from "./auth_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file latchkey/v1/admin.proto.
  */
 export const file_latchkey_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChdsYXRjaGtleS92MS9hZG1pbi5wcm90bxILbGF0Y2hrZXkudjEigggKDlRlbmFudFNldHRpbmdzEhMKBmlzc3VlchgBIAEoCUgAiAEBEhUKCGF1ZGllbmNlGAIgASgJSAGIAQESJQoYYWNjZXNzX3Rva2VuX3R0bF9zZWNvbmRzGAMgASgNSAKIAQESIAoTc2Vzc2lvbl90dGxfc2Vjb25kcxgEIAEoDUgDiAEBEhgKC2NvZGVfbGVuZ3RoGAUgASgNSASIAQESHQoQY29kZV90dGxfc2Vjb25kcxgGIAEoDUgFiAEBEh4KEWNvZGVfbWF4X2F0dGVtcHRzGAcgASgNSAaIAQESFgoJbWFpbF9mcm9tGAggASgJSAeIAQESFQoIYXBwX25hbWUYCSABKAlICIgBARIfChdhbGxvd2VkX3ZhbGlkYXRpb25fdXJscxgKIAMoCRIbCg5kZWZhdWx0X2xvY2FsZRgLIAEoCUgJiAEBEjAKDXNpZ251cF9wb2xpY3kYDCABKA4yGS5sYXRjaGtleS52MS5TaWdudXBQb2xpY3kSIwoWbm90aWZ5X3Vua25vd25fYWRkcmVzcxgNIAEoCEgKiAEBEiMKFmRlZmF1bHRfdmFsaWRhdGlvbl91cmwYDiABKAlIC4gBARIdChByYXRlX2xpbWl0X2VtYWlsGA8gASgNSAyIAQESGgoNcmF0ZV9saW1pdF9pcBgQIAEoDUgNiAEBEh4KEXJhdGVfbGltaXRfdGVuYW50GBEgASgNSA6IAQESIgoVdmVyaWZ5X2ZhaWx1cmVfYnVkZ2V0GBIgASgNSA+IAQESGgoNcGFzc2tleV9ycF9pZBgTIAEoCUgQiAEBEhwKD3Bhc3NrZXlfcnBfbmFtZRgUIAEoCUgRiAEBEhcKD3Bhc3NrZXlfb3JpZ2lucxgVIAMoCUIJCgdfaXNzdWVyQgsKCV9hdWRpZW5jZUIbChlfYWNjZXNzX3Rva2VuX3R0bF9zZWNvbmRzQhYKFF9zZXNzaW9uX3R0bF9zZWNvbmRzQg4KDF9jb2RlX2xlbmd0aEITChFfY29kZV90dGxfc2Vjb25kc0IUChJfY29kZV9tYXhfYXR0ZW1wdHNCDAoKX21haWxfZnJvbUILCglfYXBwX25hbWVCEQoPX2RlZmF1bHRfbG9jYWxlQhkKF19ub3RpZnlfdW5rbm93bl9hZGRyZXNzQhkKF19kZWZhdWx0X3ZhbGlkYXRpb25fdXJsQhMKEV9yYXRlX2xpbWl0X2VtYWlsQhAKDl9yYXRlX2xpbWl0X2lwQhQKEl9yYXRlX2xpbWl0X3RlbmFudEIYChZfdmVyaWZ5X2ZhaWx1cmVfYnVkZ2V0QhAKDl9wYXNza2V5X3JwX2lkQhIKEF9wYXNza2V5X3JwX25hbWUisQEKBlRlbmFudBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KCHNldHRpbmdzGAMgASgLMhsubGF0Y2hrZXkudjEuVGVuYW50U2V0dGluZ3MSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZQoTQ3JlYXRlVGVuYW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRItCghzZXR0aW5ncxgDIAEoCzIbLmxhdGNoa2V5LnYxLlRlbmFudFNldHRpbmdzIr8BChRDcmVhdGVUZW5hbnRSZXNwb25zZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KCHNldHRpbmdzGAMgASgLMhsubGF0Y2hrZXkudjEuVGVuYW50U2V0dGluZ3MSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFAoSTGlzdFRlbmFudHNSZXF1ZXN0IjsKE0xpc3RUZW5hbnRzUmVzcG9uc2USJAoHdGVuYW50cxgBIAMoCzITLmxhdGNoa2V5LnYxLlRlbmFudCIlChBHZXRUZW5hbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSK8AQoRR2V0VGVuYW50UmVzcG9uc2USCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRItCghzZXR0aW5ncxgDIAEoCzIbLmxhdGNoa2V5LnYxLlRlbmFudFNldHRpbmdzEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIosBChNVcGRhdGVUZW5hbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCgRuYW1lGAIgASgJSACIAQESLQoIc2V0dGluZ3MYAyABKAsyGy5sYXRjaGtleS52MS5UZW5hbnRTZXR0aW5ncxIWCg5jbGVhcl9zZXR0aW5ncxgEIAMoCUIHCgVfbmFtZSK/AQoUVXBkYXRlVGVuYW50UmVzcG9uc2USCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRItCghzZXR0aW5ncxgDIAEoCzIbLmxhdGNoa2V5LnYxLlRlbmFudFNldHRpbmdzEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqQCCgZBcGlLZXkSDgoGcHJlZml4GAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEicKBXNjb3BlGAQgASgOMhgubGF0Y2hrZXkudjEuQXBpS2V5U2NvcGUSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKPAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRInCgVzY29wZRgDIAEoDjIYLmxhdGNoa2V5LnYxLkFwaUtleVNjb3BlEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkkKFENyZWF0ZUFwaUtleVJlc3BvbnNlEiQKB2FwaV9rZXkYASABKAsyEy5sYXRjaGtleS52MS5BcGlLZXkSCwoDa2V5GAIgASgJIicKEkxpc3RBcGlLZXlzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPAoTTGlzdEFwaUtleXNSZXNwb25zZRIlCghhcGlfa2V5cxgBIAMoCzITLmxhdGNoa2V5LnYxLkFwaUtleSIlChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCSIWChRSZXZva2VBcGlLZXlSZXNwb25zZSJDCg5HZXRVc2VyUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRINCgVlbWFpbBgDIAEoCSJcCg9HZXRVc2VyUmVzcG9uc2USCgoCaWQYASABKAkSDQoFZW1haWwYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoRRGVsZXRlVXNlclJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkiFAoSRGVsZXRlVXNlclJlc3BvbnNlKm4KDFNpZ251cFBvbGljeRIdChlTSUdOVVBfUE9MSUNZX1VOU1BFQ0lGSUVEEAASIQodU0lHTlVQX1BPTElDWV9MT0dJTl9PUl9DUkVBVEUQARIcChhTSUdOVVBfUE9MSUNZX0xPR0lOX09OTFkQAipcCgtBcGlLZXlTY29wZRIdChlBUElfS0VZX1NDT1BFX1VOU1BFQ0lGSUVEEAASFQoRQVBJX0tFWV9TQ09QRV9BUFAQARIXChNBUElfS0VZX1NDT1BFX0FETUlOEAIy5wUKDEFkbWluU2VydmljZRJTCgxDcmVhdGVUZW5hbnQSIC5sYXRjaGtleS52MS5DcmVhdGVUZW5hbnRSZXF1ZXN0GiEubGF0Y2hrZXkudjEuQ3JlYXRlVGVuYW50UmVzcG9uc2USUAoLTGlzdFRlbmFudHMSHy5sYXRjaGtleS52MS5MaXN0VGVuYW50c1JlcXVlc3QaIC5sYXRjaGtleS52MS5MaXN0VGVuYW50c1Jlc3BvbnNlEkoKCUdldFRlbmFudBIdLmxhdGNoa2V5LnYxLkdldFRlbmFudFJlcXVlc3QaHi5sYXRjaGtleS52MS5HZXRUZW5hbnRSZXNwb25zZRJTCgxVcGRhdGVUZW5hbnQSIC5sYXRjaGtleS52MS5VcGRhdGVUZW5hbnRSZXF1ZXN0GiEubGF0Y2hrZXkudjEuVXBkYXRlVGVuYW50UmVzcG9uc2USUwoMQ3JlYXRlQXBpS2V5EiAubGF0Y2hrZXkudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBohLmxhdGNoa2V5LnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlElAKC0xpc3RBcGlLZXlzEh8ubGF0Y2hrZXkudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiAubGF0Y2hrZXkudjEuTGlzdEFwaUtleXNSZXNwb25zZRJTCgxSZXZva2VBcGlLZXkSIC5sYXRjaGtleS52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiEubGF0Y2hrZXkudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USRAoHR2V0VXNlchIbLmxhdGNoa2V5LnYxLkdldFVzZXJSZXF1ZXN0GhwubGF0Y2hrZXkudjEuR2V0VXNlclJlc3BvbnNlEk0KCkRlbGV0ZVVzZXISHi5sYXRjaGtleS52MS5EZWxldGVVc2VyUmVxdWVzdBofLmxhdGNoa2V5LnYxLkRlbGV0ZVVzZXJSZXNwb25zZUKPAQoPZGV2LmxhdGNoa2V5LnYxQgpBZG1pblByb3RvUAFaPWdpdGh1Yi5jb20vbGF0Y2hrZXkvbGF0Y2hrZXkvY2xpZW50cy9nby9sYXRjaGtleXYxO2xhdGNoa2V5djGiAgNMVEuqAgtMYXRjaGtleS5WMcoCC0xhdGNoa2V5XFYx6gIMTGF0Y2hrZXk6OlYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChdsYXRjaGtleS92MS9hZG1pbi5wcm90bxILbGF0Y2hrZXkudjEisAgKDlRlbmFudFNldHRpbmdzEhMKBmlzc3VlchgBIAEoCUgAiAEBEhUKCGF1ZGllbmNlGAIgASgJSAGIAQESJQoYYWNjZXNzX3Rva2VuX3R0bF9zZWNvbmRzGAMgASgNSAKIAQESIAoTc2Vzc2lvbl90dGxfc2Vjb25kcxgEIAEoDUgDiAEBEhgKC2NvZGVfbGVuZ3RoGAUgASgNSASIAQESHQoQY29kZV90dGxfc2Vjb25kcxgGIAEoDUgFiAEBEh4KEWNvZGVfbWF4X2F0dGVtcHRzGAcgASgNSAaIAQESFgoJbWFpbF9mcm9tGAggASgJSAeIAQESFQoIYXBwX25hbWUYCSABKAlICIgBARIfChdhbGxvd2VkX3ZhbGlkYXRpb25fdXJscxgKIAMoCRIbCg5kZWZhdWx0X2xvY2FsZRgLIAEoCUgJiAEBEjAKDXNpZ251cF9wb2xpY3kYDCABKA4yGS5sYXRjaGtleS52MS5TaWdudXBQb2xpY3kSIwoWbm90aWZ5X3Vua25vd25fYWRkcmVzcxgNIAEoCEgKiAEBEiMKFmRlZmF1bHRfdmFsaWRhdGlvbl91cmwYDiABKAlIC4gBARIdChByYXRlX2xpbWl0X2VtYWlsGA8gASgNSAyIAQESGgoNcmF0ZV9saW1pdF9pcBgQIAEoDUgNiAEBEh4KEXJhdGVfbGltaXRfdGVuYW50GBEgASgNSA6IAQESIgoVdmVyaWZ5X2ZhaWx1cmVfYnVkZ2V0GBIgASgNSA+IAQESGgoNcGFzc2tleV9ycF9pZBgTIAEoCUgQiAEBEhwKD3Bhc3NrZXlfcnBfbmFtZRgUIAEoCUgRiAEBEhcKD3Bhc3NrZXlfb3JpZ2lucxgVIAMoCRIaCg1zdGF0aWNfY2xhaW1zGBYgASgJSBKIAQFCCQoHX2lzc3VlckILCglfYXVkaWVuY2VCGwoZX2FjY2Vzc190b2tlbl90dGxfc2Vjb25kc0IWChRfc2Vzc2lvbl90dGxfc2Vjb25kc0IOCgxfY29kZV9sZW5ndGhCEwoRX2NvZGVfdHRsX3NlY29uZHNCFAoSX2NvZGVfbWF4X2F0dGVtcHRzQgwKCl9tYWlsX2Zyb21CCwoJX2FwcF9uYW1lQhEKD19kZWZhdWx0X2xvY2FsZUIZChdfbm90aWZ5X3Vua25vd25fYWRkcmVzc0IZChdfZGVmYXVsdF92YWxpZGF0aW9uX3VybEITChFfcmF0ZV9saW1pdF9lbWFpbEIQCg5fcmF0ZV9saW1pdF9pcEIUChJfcmF0ZV9saW1pdF90ZW5hbnRCGAoWX3ZlcmlmeV9mYWlsdXJlX2J1ZGdldEIQCg5fcGFzc2tleV9ycF9pZEISChBfcGFzc2tleV9ycF9uYW1lQhAKDl9zdGF0aWNfY2xhaW1zIrEBCgZUZW5hbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRItCghzZXR0aW5ncxgDIAEoCzIbLmxhdGNoa2V5LnYxLlRlbmFudFNldHRpbmdzEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImUKE0NyZWF0ZVRlbmFudFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSLQoIc2V0dGluZ3MYAyABKAsyGy5sYXRjaGtleS52MS5UZW5hbnRTZXR0aW5ncyK/AQoUQ3JlYXRlVGVuYW50UmVzcG9uc2USCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRItCghzZXR0aW5ncxgDIAEoCzIbLmxhdGNoa2V5LnYxLlRlbmFudFNldHRpbmdzEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhQKEkxpc3RUZW5hbnRzUmVxdWVzdCI7ChNMaXN0VGVuYW50c1Jlc3BvbnNlEiQKB3RlbmFudHMYASADKAsyEy5sYXRjaGtleS52MS5UZW5hbnQiJQoQR2V0VGVuYW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkivAEKEUdldFRlbmFudFJlc3BvbnNlEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLQoIc2V0dGluZ3MYAyABKAsyGy5sYXRjaGtleS52MS5UZW5hbnRTZXR0aW5ncxIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKLAQoTVXBkYXRlVGVuYW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEQoEbmFtZRgCIAEoCUgAiAEBEi0KCHNldHRpbmdzGAMgASgLMhsubGF0Y2hrZXkudjEuVGVuYW50U2V0dGluZ3MSFgoOY2xlYXJfc2V0dGluZ3MYBCADKAlCBwoFX25hbWUivwEKFFVwZGF0ZVRlbmFudFJlc3BvbnNlEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLQoIc2V0dGluZ3MYAyABKAsyGy5sYXRjaGtleS52MS5UZW5hbnRTZXR0aW5ncxIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKkAgoGQXBpS2V5Eg4KBnByZWZpeBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSDAoEbmFtZRgDIAEoCRInCgVzY29wZRgEIAEoDjIYLmxhdGNoa2V5LnYxLkFwaUtleVNjb3BlEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3RfdXNlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAijwEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSJwoFc2NvcGUYAyABKA4yGC5sYXRjaGtleS52MS5BcGlLZXlTY29wZRIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChRDcmVhdGVBcGlLZXlSZXNwb25zZRIkCgdhcGlfa2V5GAEgASgLMhMubGF0Y2hrZXkudjEuQXBpS2V5EgsKA2tleRgCIAEoCSInChJMaXN0QXBpS2V5c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIjwKE0xpc3RBcGlLZXlzUmVzcG9uc2USJQoIYXBpX2tleXMYASADKAsyEy5sYXRjaGtleS52MS5BcGlLZXkiJQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIOCgZwcmVmaXgYASABKAkiFgoUUmV2b2tlQXBpS2V5UmVzcG9uc2UiQwoOR2V0VXNlclJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDQoFZW1haWwYAyABKAki0wEKD0dldFVzZXJSZXNwb25zZRIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtkaXNhYmxlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMYXBwX21ldGFkYXRhGAYgASgJIskBChBMaXN0VXNlcnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIUCgxlbWFpbF9wcmVmaXgYAiABKAkSMQoNY3JlYXRlZF9hZnRlchgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgFIAEoDRISCgpwYWdlX3Rva2VuGAYgASgJIk4KEUxpc3RVc2Vyc1Jlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubGF0Y2hrZXkudjEuVXNlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiTQoRVXBkYXRlVXNlclJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSFAoMYXBwX21ldGFkYXRhGAMgASgJIjUKElVwZGF0ZVVzZXJSZXNwb25zZRIfCgR1c2VyGAEgASgLMhEubGF0Y2hrZXkudjEuVXNlciI4ChJEaXNhYmxlVXNlclJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkiTAoTRGlzYWJsZVVzZXJSZXNwb25zZRIfCgR1c2VyGAEgASgLMhEubGF0Y2hrZXkudjEuVXNlchIUCgxlbmRlZF9sb2dpbnMYAiABKA0iNwoRRW5hYmxlVXNlclJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkiNQoSRW5hYmxlVXNlclJlc3BvbnNlEh8KBHVzZXIYASABKAsyES5sYXRjaGtleS52MS5Vc2VyIjcKEURlbGV0ZVVzZXJSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIhQKEkRlbGV0ZVVzZXJSZXNwb25zZSpuCgxTaWdudXBQb2xpY3kSHQoZU0lHTlVQX1BPTElDWV9VTlNQRUNJRklFRBAAEiEKHVNJR05VUF9QT0xJQ1lfTE9HSU5fT1JfQ1JFQVRFEAESHAoYU0lHTlVQX1BPTElDWV9MT0dJTl9PTkxZEAIqXAoLQXBpS2V5U2NvcGUSHQoZQVBJX0tFWV9TQ09QRV9VTlNQRUNJRklFRBAAEhUKEUFQSV9LRVlfU0NPUEVfQVBQEAESFwoTQVBJX0tFWV9TQ09QRV9BRE1JThACMqMICgxBZG1pblNlcnZpY2USUwoMQ3JlYXRlVGVuYW50EiAubGF0Y2hrZXkudjEuQ3JlYXRlVGVuYW50UmVxdWVzdBohLmxhdGNoa2V5LnYxLkNyZWF0ZVRlbmFudFJlc3BvbnNlElAKC0xpc3RUZW5hbnRzEh8ubGF0Y2hrZXkudjEuTGlzdFRlbmFudHNSZXF1ZXN0GiAubGF0Y2hrZXkudjEuTGlzdFRlbmFudHNSZXNwb25zZRJKCglHZXRUZW5hbnQSHS5sYXRjaGtleS52MS5HZXRUZW5hbnRSZXF1ZXN0Gh4ubGF0Y2hrZXkudjEuR2V0VGVuYW50UmVzcG9uc2USUwoMVXBkYXRlVGVuYW50EiAubGF0Y2hrZXkudjEuVXBkYXRlVGVuYW50UmVxdWVzdBohLmxhdGNoa2V5LnYxLlVwZGF0ZVRlbmFudFJlc3BvbnNlElMKDENyZWF0ZUFwaUtleRIgLmxhdGNoa2V5LnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIS5sYXRjaGtleS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJQCgtMaXN0QXBpS2V5cxIfLmxhdGNoa2V5LnYxLkxpc3RBcGlLZXlzUmVxdWVzdBogLmxhdGNoa2V5LnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USUwoMUmV2b2tlQXBpS2V5EiAubGF0Y2hrZXkudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBohLmxhdGNoa2V5LnYxLlJldm9rZUFwaUtleVJlc3BvbnNlEkQKB0dldFVzZXISGy5sYXRjaGtleS52MS5HZXRVc2VyUmVxdWVzdBocLmxhdGNoa2V5LnYxLkdldFVzZXJSZXNwb25zZRJKCglMaXN0VXNlcnMSHS5sYXRjaGtleS52MS5MaXN0VXNlcnNSZXF1ZXN0Gh4ubGF0Y2hrZXkudjEuTGlzdFVzZXJzUmVzcG9uc2USTQoKVXBkYXRlVXNlchIeLmxhdGNoa2V5LnYxLlVwZGF0ZVVzZXJSZXF1ZXN0Gh8ubGF0Y2hrZXkudjEuVXBkYXRlVXNlclJlc3BvbnNlElAKC0Rpc2FibGVVc2VyEh8ubGF0Y2hrZXkudjEuRGlzYWJsZVVzZXJSZXF1ZXN0GiAubGF0Y2hrZXkudjEuRGlzYWJsZVVzZXJSZXNwb25zZRJNCgpFbmFibGVVc2VyEh4ubGF0Y2hrZXkudjEuRW5hYmxlVXNlclJlcXVlc3QaHy5sYXRjaGtleS52MS5FbmFibGVVc2VyUmVzcG9uc2USTQoKRGVsZXRlVXNlchIeLmxhdGNoa2V5LnYxLkRlbGV0ZVVzZXJSZXF1ZXN0Gh8ubGF0Y2hrZXkudjEuRGVsZXRlVXNlclJlc3BvbnNlQo8BCg9kZXYubGF0Y2hrZXkudjFCCkFkbWluUHJvdG9QAVo9Z2l0aHViLmNvbS9sYXRjaGtleS9sYXRjaGtleS9jbGllbnRzL2dvL2xhdGNoa2V5djE7bGF0Y2hrZXl2MaICA0xUS6oCC0xhdGNoa2V5LlYxygILTGF0Y2hrZXlcVjHqAgxMYXRjaGtleTo6VjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_latchkey_v1_auth]);
 
 /**
  * A tenant's overrides of the server defaults. An absent field inherits the
@@ -178,6 +180,15 @@ export type TenantSettings = Message<"latchkey.v1.TenantSettings"> & {
    * @generated from field: repeated string passkey_origins = 21;
    */
   passkeyOrigins: string[];
+
+  /**
+   * Claims every access token of this tenant carries in its `app_metadata`
+   * claim: a JSON object (as text) of at most 2 KB. A user's own
+   * app_metadata wins over a key of the same name.
+   *
+   * @generated from field: optional string static_claims = 22;
+   */
+  staticClaims?: string | undefined;
 };
 
 /**
@@ -800,6 +811,28 @@ export type GetUserResponse = Message<"latchkey.v1.GetUserResponse"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 3;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * When the user last changed: metadata set, disabled or enabled.
+   *
+   * @generated from field: google.protobuf.Timestamp updated_at = 4;
+   */
+  updatedAt?: Timestamp | undefined;
+
+  /**
+   * When the user was disabled; absent while they may log in.
+   *
+   * @generated from field: google.protobuf.Timestamp disabled_at = 5;
+   */
+  disabledAt?: Timestamp | undefined;
+
+  /**
+   * The app's data about the user: a JSON object (as text), `{}` when none
+   * was set.
+   *
+   * @generated from field: string app_metadata = 6;
+   */
+  appMetadata: string;
 };
 
 /**
@@ -808,6 +841,254 @@ export type GetUserResponse = Message<"latchkey.v1.GetUserResponse"> & {
  */
 export const GetUserResponseSchema: GenMessage<GetUserResponse> = /*@__PURE__*/
   messageDesc(file_latchkey_v1_admin, 18);
+
+/**
+ * Which users to list.
+ *
+ * @generated from message latchkey.v1.ListUsersRequest
+ */
+export type ListUsersRequest = Message<"latchkey.v1.ListUsersRequest"> & {
+  /**
+   * The users' tenant. Required.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Only addresses that start with this (lower-cased; a whole address is
+   * put in its canonical form, like StartAuth's).
+   *
+   * @generated from field: string email_prefix = 2;
+   */
+  emailPrefix: string;
+
+  /**
+   * Only users created at or after this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_after = 3;
+   */
+  createdAfter?: Timestamp | undefined;
+
+  /**
+   * Only users created before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 4;
+   */
+  createdBefore?: Timestamp | undefined;
+
+  /**
+   * Users per page: 0 means 50; more than 500 means 500.
+   *
+   * @generated from field: uint32 page_size = 5;
+   */
+  pageSize: number;
+
+  /**
+   * The `next_page_token` of the previous page; empty for the first page.
+   * Send the same filters with it.
+   *
+   * @generated from field: string page_token = 6;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message latchkey.v1.ListUsersRequest.
+ * Use `create(ListUsersRequestSchema)` to create a new message.
+ */
+export const ListUsersRequestSchema: GenMessage<ListUsersRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 19);
+
+/**
+ * A page of users.
+ *
+ * @generated from message latchkey.v1.ListUsersResponse
+ */
+export type ListUsersResponse = Message<"latchkey.v1.ListUsersResponse"> & {
+  /**
+   * The users, oldest first (users created in the same millisecond by id).
+   *
+   * @generated from field: repeated latchkey.v1.User users = 1;
+   */
+  users: User[];
+
+  /**
+   * Pass as `page_token` for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message latchkey.v1.ListUsersResponse.
+ * Use `create(ListUsersResponseSchema)` to create a new message.
+ */
+export const ListUsersResponseSchema: GenMessage<ListUsersResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 20);
+
+/**
+ * A new `app_metadata` for a user.
+ *
+ * @generated from message latchkey.v1.UpdateUserRequest
+ */
+export type UpdateUserRequest = Message<"latchkey.v1.UpdateUserRequest"> & {
+  /**
+   * The user's tenant. Required.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The user id. Required.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * A JSON object (as text), at most 2 KB once serialised compactly; it
+   * replaces the whole previous value. `{}` clears it. Required.
+   *
+   * @generated from field: string app_metadata = 3;
+   */
+  appMetadata: string;
+};
+
+/**
+ * Describes the message latchkey.v1.UpdateUserRequest.
+ * Use `create(UpdateUserRequestSchema)` to create a new message.
+ */
+export const UpdateUserRequestSchema: GenMessage<UpdateUserRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 21);
+
+/**
+ * The user after the change.
+ *
+ * @generated from message latchkey.v1.UpdateUserResponse
+ */
+export type UpdateUserResponse = Message<"latchkey.v1.UpdateUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: latchkey.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.UpdateUserResponse.
+ * Use `create(UpdateUserResponseSchema)` to create a new message.
+ */
+export const UpdateUserResponseSchema: GenMessage<UpdateUserResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 22);
+
+/**
+ * Names the user to disable.
+ *
+ * @generated from message latchkey.v1.DisableUserRequest
+ */
+export type DisableUserRequest = Message<"latchkey.v1.DisableUserRequest"> & {
+  /**
+   * The user's tenant. Required.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The user id. Required.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message latchkey.v1.DisableUserRequest.
+ * Use `create(DisableUserRequestSchema)` to create a new message.
+ */
+export const DisableUserRequestSchema: GenMessage<DisableUserRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 23);
+
+/**
+ * The user, disabled.
+ *
+ * @generated from message latchkey.v1.DisableUserResponse
+ */
+export type DisableUserResponse = Message<"latchkey.v1.DisableUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: latchkey.v1.User user = 1;
+   */
+  user?: User | undefined;
+
+  /**
+   * How many logins this call ended (sessions and pending logins).
+   *
+   * @generated from field: uint32 ended_logins = 2;
+   */
+  endedLogins: number;
+};
+
+/**
+ * Describes the message latchkey.v1.DisableUserResponse.
+ * Use `create(DisableUserResponseSchema)` to create a new message.
+ */
+export const DisableUserResponseSchema: GenMessage<DisableUserResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 24);
+
+/**
+ * Names the user to enable.
+ *
+ * @generated from message latchkey.v1.EnableUserRequest
+ */
+export type EnableUserRequest = Message<"latchkey.v1.EnableUserRequest"> & {
+  /**
+   * The user's tenant. Required.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The user id. Required.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message latchkey.v1.EnableUserRequest.
+ * Use `create(EnableUserRequestSchema)` to create a new message.
+ */
+export const EnableUserRequestSchema: GenMessage<EnableUserRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 25);
+
+/**
+ * The user, enabled.
+ *
+ * @generated from message latchkey.v1.EnableUserResponse
+ */
+export type EnableUserResponse = Message<"latchkey.v1.EnableUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: latchkey.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.EnableUserResponse.
+ * Use `create(EnableUserResponseSchema)` to create a new message.
+ */
+export const EnableUserResponseSchema: GenMessage<EnableUserResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_admin, 26);
 
 /**
  * Names the user to delete.
@@ -835,7 +1116,7 @@ export type DeleteUserRequest = Message<"latchkey.v1.DeleteUserRequest"> & {
  * Use `create(DeleteUserRequestSchema)` to create a new message.
  */
 export const DeleteUserRequestSchema: GenMessage<DeleteUserRequest> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_admin, 19);
+  messageDesc(file_latchkey_v1_admin, 27);
 
 /**
  * The user and their sessions are gone.
@@ -850,7 +1131,7 @@ export type DeleteUserResponse = Message<"latchkey.v1.DeleteUserResponse"> & {
  * Use `create(DeleteUserResponseSchema)` to create a new message.
  */
 export const DeleteUserResponseSchema: GenMessage<DeleteUserResponse> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_admin, 20);
+  messageDesc(file_latchkey_v1_admin, 28);
 
 /**
  * Whether an unknown address may sign up.
@@ -1012,9 +1293,57 @@ export const AdminService: GenService<{
     output: typeof GetUserResponseSchema;
   },
   /**
-   * Deletes a user, with every session and refresh token of theirs: their
-   * sessions end at once (access tokens already issued live until they
-   * expire).
+   * A tenant's users, oldest first, a page at a time, filtered by address
+   * prefix and creation time.
+   *
+   * @generated from rpc latchkey.v1.AdminService.ListUsers
+   */
+  listUsers: {
+    methodKind: "unary";
+    input: typeof ListUsersRequestSchema;
+    output: typeof ListUsersResponseSchema;
+  },
+  /**
+   * Replaces a user's `app_metadata` (a JSON object of at most 2 KB, copied
+   * into the access tokens issued from then on).
+   *
+   * @generated from rpc latchkey.v1.AdminService.UpdateUser
+   */
+  updateUser: {
+    methodKind: "unary";
+    input: typeof UpdateUserRequestSchema;
+    output: typeof UpdateUserResponseSchema;
+  },
+  /**
+   * Disables a user: every login of theirs ends at once (sessions and
+   * pending logins, in the same transaction); Verify and Refresh refuse
+   * with USER_DISABLED; StartAuth for their address answers as for any
+   * address and sends nothing. Access tokens already issued live until
+   * they expire. Idempotent.
+   *
+   * @generated from rpc latchkey.v1.AdminService.DisableUser
+   */
+  disableUser: {
+    methodKind: "unary";
+    input: typeof DisableUserRequestSchema;
+    output: typeof DisableUserResponseSchema;
+  },
+  /**
+   * Lets a disabled user log in again. The sessions that disabling ended
+   * stay ended. Idempotent.
+   *
+   * @generated from rpc latchkey.v1.AdminService.EnableUser
+   */
+  enableUser: {
+    methodKind: "unary";
+    input: typeof EnableUserRequestSchema;
+    output: typeof EnableUserResponseSchema;
+  },
+  /**
+   * Deletes a user and every trace of their address: their sessions and
+   * refresh tokens, every login of the address (pending or ended) and
+   * every email to it in the outbox (queued, sent or dead). Their sessions
+   * end at once (access tokens already issued live until they expire).
    *
    * @generated from rpc latchkey.v1.AdminService.DeleteUser
    */

@@ -31,7 +31,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file latchkey/v1/auth.proto.
  */
 export const file_latchkey_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChZsYXRjaGtleS92MS9hdXRoLnByb3RvEgtsYXRjaGtleS52MSIsCgpDbGllbnRJbmZvEgoKAmlwGAEgASgJEhIKCnVzZXJfYWdlbnQYAiABKAkisAEKEFN0YXJ0QXV0aFJlcXVlc3QSDQoFZW1haWwYASABKAkSIwoGbWV0aG9kGAIgASgOMhMubGF0Y2hrZXkudjEuTWV0aG9kEhYKDnZhbGlkYXRpb25fdXJsGAMgASgJEicKBmNsaWVudBgEIAEoCzIXLmxhdGNoa2V5LnYxLkNsaWVudEluZm8SDgoGbG9jYWxlGAUgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCSJsChFTdGFydEF1dGhSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIkUKDVZlcmlmeVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIMCgRjb2RlGAIgASgJEhIKCmxpbmtfdG9rZW4YAyABKAkipQEKDlZlcmlmeVJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSEgoKZXhwaXJlc19pbhgDIAEoBRIVCg1yZWZyZXNoX3Rva2VuGAQgASgJEh8KBHVzZXIYBSABKAsyES5sYXRjaGtleS52MS5Vc2VyEhIKCnNlc3Npb25faWQYBiABKAkSEAoIbmV3X3VzZXIYByABKAgiUQoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCInCg5SZWZyZXNoUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJIl8KD1JlZnJlc2hSZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEhIKCmV4cGlyZXNfaW4YAyABKAUSFQoNcmVmcmVzaF90b2tlbhgEIAEoCSI6Cg1SZXZva2VSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIQCg5SZXZva2VSZXNwb25zZSIjCg5HZXRKd2tzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiMQoPR2V0Sndrc1Jlc3BvbnNlEh4KBGtleXMYASADKAsyEC5sYXRjaGtleS52MS5Kd2sicgoDSndrEgsKA2t0eRgBIAEoCRILCgNjcnYYAiABKAkSCQoBeBgDIAEoCRIJCgF5GAQgASgJEgkKAW4YBSABKAkSCQoBZRgGIAEoCRILCgNraWQYByABKAkSCwoDYWxnGAggASgJEgsKA3VzZRgJIAEoCSInChFSZXNlbmRDb2RlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIm0KElJlc2VuZENvZGVSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIiYKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSI+ChRMaXN0U2Vzc2lvbnNSZXNwb25zZRImCghzZXNzaW9ucxgBIAMoCzIULmxhdGNoa2V5LnYxLlNlc3Npb24i8gIKB1Nlc3Npb24SCgoCaWQYASABKAkSKAoFc3RhdGUYAiABKA4yGS5sYXRjaGtleS52MS5TZXNzaW9uU3RhdGUSEgoKZW5kX3JlYXNvbhgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt2ZXJpZmllZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbGFzdF9yZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgZjbGllbnQYCSABKAsyFy5sYXRjaGtleS52MS5DbGllbnRJbmZvIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIkYKGFJldm9rZUFsbFNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhkKEWV4Y2VwdF9zZXNzaW9uX2lkGAIgASgJIiwKGVJldm9rZUFsbFNlc3Npb25zUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoDSInChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJImoKF0ludHJvc3BlY3RUb2tlblJlc3BvbnNlEg4KBmFjdGl2ZRgBIAEoCBIoCgZjbGFpbXMYAiABKAsyGC5sYXRjaGtleS52MS5Ub2tlbkNsYWltcxIVCg1zZXNzaW9uX2VuZGVkGAMgASgIIuUBCgtUb2tlbkNsYWltcxILCgNpc3MYASABKAkSCwoDYXVkGAIgASgJEgsKA3N1YhgDIAEoCRINCgVlbWFpbBgEIAEoCRILCgNzaWQYBSABKAkSCwoDdGlkGAYgASgJEicKA2lhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDbmJmGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNleHAYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA2p0aRgKIAEoCSI3Ch9TdGFydFBhc3NrZXlSZWdpc3RyYXRpb25SZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSJ9CiBTdGFydFBhc3NrZXlSZWdpc3RyYXRpb25SZXNwb25zZRITCgtjZXJlbW9ueV9pZBgBIAEoCRIUCgxvcHRpb25zX2pzb24YAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAidAogRmluaXNoUGFzc2tleVJlZ2lzdHJhdGlvblJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEhMKC2NlcmVtb255X2lkGAIgASgJEhcKD2NyZWRlbnRpYWxfanNvbhgDIAEoCRIMCgRuYW1lGAQgASgJIkoKIUZpbmlzaFBhc3NrZXlSZWdpc3RyYXRpb25SZXNwb25zZRIlCgdwYXNza2V5GAEgASgLMhQubGF0Y2hrZXkudjEuUGFzc2tleSKCAgoHUGFzc2tleRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWNyZWRlbnRpYWxfaWQYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9iYWNrdXBfZWxpZ2libGUYBiABKAgSEQoJYmFja2VkX3VwGAcgASgIEjgKFGNvdW50ZXJfcmVncmVzc2VkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIpChhTdGFydFBhc3NrZXlMb2dpblJlcXVlc3QSDQoFZW1haWwYASABKAkidgoZU3RhcnRQYXNza2V5TG9naW5SZXNwb25zZRITCgtjZXJlbW9ueV9pZBgBIAEoCRIUCgxvcHRpb25zX2pzb24YAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicgoZRmluaXNoUGFzc2tleUxvZ2luUmVxdWVzdBITCgtjZXJlbW9ueV9pZBgBIAEoCRIXCg9jcmVkZW50aWFsX2pzb24YAiABKAkSJwoGY2xpZW50GAMgASgLMhcubGF0Y2hrZXkudjEuQ2xpZW50SW5mbyKxAQoaRmluaXNoUGFzc2tleUxvZ2luUmVzcG9uc2USDQoFdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRISCgpleHBpcmVzX2luGAMgASgFEhUKDXJlZnJlc2hfdG9rZW4YBCABKAkSHwoEdXNlchgFIAEoCzIRLmxhdGNoa2V5LnYxLlVzZXISEgoKc2Vzc2lvbl9pZBgGIAEoCRIQCghuZXdfdXNlchgHIAEoCCIrChNMaXN0UGFzc2tleXNSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSI+ChRMaXN0UGFzc2tleXNSZXNwb25zZRImCghwYXNza2V5cxgBIAMoCzIULmxhdGNoa2V5LnYxLlBhc3NrZXkiQAoURGVsZXRlUGFzc2tleVJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnBhc3NrZXlfaWQYAiABKAkiFwoVRGVsZXRlUGFzc2tleVJlc3BvbnNlKlwKBk1ldGhvZBIWChJNRVRIT0RfVU5TUEVDSUZJRUQQABIPCgtNRVRIT0RfQ09ERRABEg8KC01FVEhPRF9MSU5LEAISGAoUTUVUSE9EX0NPREVfQU5EX0xJTksQAyp7CgxTZXNzaW9uU3RhdGUSHQoZU0VTU0lPTl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFFNFU1NJT05fU1RBVEVfQUNUSVZFEAESFwoTU0VTU0lPTl9TVEFURV9FTkRFRBACEhkKFVNFU1NJT05fU1RBVEVfRVhQSVJFRBADKv8FCgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIhCh1FUlJPUl9SRUFTT05fSU5WQUxJRF9BUkdVTUVOVBABEh0KGUVSUk9SX1JFQVNPTl9DT0RFX0lOVkFMSUQQAhIiCh5FUlJPUl9SRUFTT05fVE9PX01BTllfQVRURU1QVFMQAxImCiJFUlJPUl9SRUFTT05fUkVGUkVTSF9UT0tFTl9JTlZBTElEEAQSJQohRVJST1JfUkVBU09OX1JFRlJFU0hfVE9LRU5fUkVVU0VEEAUSKwonRVJST1JfUkVBU09OX1ZBTElEQVRJT05fVVJMX05PVF9BTExPV0VEEAYSHQoZRVJST1JfUkVBU09OX1JBVEVfTElNSVRFRBAHEicKI0VSUk9SX1JFQVNPTl9JREVNUE9URU5DWV9LRVlfUkVVU0VEEAgSIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAJEiIKHkVSUk9SX1JFQVNPTl9QRVJNSVNTSU9OX0RFTklFRBAKEhoKFkVSUk9SX1JFQVNPTl9OT1RfRk9VTkQQCxIfChtFUlJPUl9SRUFTT05fQUxSRUFEWV9FWElTVFMQDBIcChhFUlJPUl9SRUFTT05fVU5BVkFJTEFCTEUQDRIZChVFUlJPUl9SRUFTT05fSU5URVJOQUwQDhIlCiFFUlJPUl9SRUFTT05fQUNDRVNTX1RPS0VOX0lOVkFMSUQQDxIoCiRFUlJPUl9SRUFTT05fUEFTU0tFWVNfTk9UX0NPTkZJR1VSRUQQEBIpCiVFUlJPUl9SRUFTT05fUEFTU0tFWV9DRVJFTU9OWV9JTlZBTElEEBESIAocRVJST1JfUkVBU09OX1BBU1NLRVlfSU5WQUxJRBASEioKJkVSUk9SX1JFQVNPTl9QQVNTS0VZX0NPVU5URVJfUkVHUkVTU0VEEBMSIgoeRVJST1JfUkVBU09OX1BBU1NLRVlfTk9UX0ZPVU5EEBQylgsKC0F1dGhTZXJ2aWNlEkoKCVN0YXJ0QXV0aBIdLmxhdGNoa2V5LnYxLlN0YXJ0QXV0aFJlcXVlc3QaHi5sYXRjaGtleS52MS5TdGFydEF1dGhSZXNwb25zZRJBCgZWZXJpZnkSGi5sYXRjaGtleS52MS5WZXJpZnlSZXF1ZXN0GhsubGF0Y2hrZXkudjEuVmVyaWZ5UmVzcG9uc2USRAoHUmVmcmVzaBIbLmxhdGNoa2V5LnYxLlJlZnJlc2hSZXF1ZXN0GhwubGF0Y2hrZXkudjEuUmVmcmVzaFJlc3BvbnNlEkEKBlJldm9rZRIaLmxhdGNoa2V5LnYxLlJldm9rZVJlcXVlc3QaGy5sYXRjaGtleS52MS5SZXZva2VSZXNwb25zZRJNCgpSZXNlbmRDb2RlEh4ubGF0Y2hrZXkudjEuUmVzZW5kQ29kZVJlcXVlc3QaHy5sYXRjaGtleS52MS5SZXNlbmRDb2RlUmVzcG9uc2USUwoMTGlzdFNlc3Npb25zEiAubGF0Y2hrZXkudjEuTGlzdFNlc3Npb25zUmVxdWVzdBohLmxhdGNoa2V5LnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElYKDVJldm9rZVNlc3Npb24SIS5sYXRjaGtleS52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBoiLmxhdGNoa2V5LnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJiChFSZXZva2VBbGxTZXNzaW9ucxIlLmxhdGNoa2V5LnYxLlJldm9rZUFsbFNlc3Npb25zUmVxdWVzdBomLmxhdGNoa2V5LnYxLlJldm9rZUFsbFNlc3Npb25zUmVzcG9uc2USXAoPSW50cm9zcGVjdFRva2VuEiMubGF0Y2hrZXkudjEuSW50cm9zcGVjdFRva2VuUmVxdWVzdBokLmxhdGNoa2V5LnYxLkludHJvc3BlY3RUb2tlblJlc3BvbnNlEkQKB0dldEp3a3MSGy5sYXRjaGtleS52MS5HZXRKd2tzUmVxdWVzdBocLmxhdGNoa2V5LnYxLkdldEp3a3NSZXNwb25zZRJ3ChhTdGFydFBhc3NrZXlSZWdpc3RyYXRpb24SLC5sYXRjaGtleS52MS5TdGFydFBhc3NrZXlSZWdpc3RyYXRpb25SZXF1ZXN0Gi0ubGF0Y2hrZXkudjEuU3RhcnRQYXNza2V5UmVnaXN0cmF0aW9uUmVzcG9uc2USegoZRmluaXNoUGFzc2tleVJlZ2lzdHJhdGlvbhItLmxhdGNoa2V5LnYxLkZpbmlzaFBhc3NrZXlSZWdpc3RyYXRpb25SZXF1ZXN0Gi4ubGF0Y2hrZXkudjEuRmluaXNoUGFzc2tleVJlZ2lzdHJhdGlvblJlc3BvbnNlEmIKEVN0YXJ0UGFzc2tleUxvZ2luEiUubGF0Y2hrZXkudjEuU3RhcnRQYXNza2V5TG9naW5SZXF1ZXN0GiYubGF0Y2hrZXkudjEuU3RhcnRQYXNza2V5TG9naW5SZXNwb25zZRJlChJGaW5pc2hQYXNza2V5TG9naW4SJi5sYXRjaGtleS52MS5GaW5pc2hQYXNza2V5TG9naW5SZXF1ZXN0GicubGF0Y2hrZXkudjEuRmluaXNoUGFzc2tleUxvZ2luUmVzcG9uc2USUwoMTGlzdFBhc3NrZXlzEiAubGF0Y2hrZXkudjEuTGlzdFBhc3NrZXlzUmVxdWVzdBohLmxhdGNoa2V5LnYxLkxpc3RQYXNza2V5c1Jlc3BvbnNlElYKDURlbGV0ZVBhc3NrZXkSIS5sYXRjaGtleS52MS5EZWxldGVQYXNza2V5UmVxdWVzdBoiLmxhdGNoa2V5LnYxLkRlbGV0ZVBhc3NrZXlSZXNwb25zZUKOAQoPZGV2LmxhdGNoa2V5LnYxQglBdXRoUHJvdG9QAVo9Z2l0aHViLmNvbS9sYXRjaGtleS9sYXRjaGtleS9jbGllbnRzL2dvL2xhdGNoa2V5djE7bGF0Y2hrZXl2MaICA0xUS6oCC0xhdGNoa2V5LlYxygILTGF0Y2hrZXlcVjHqAgxMYXRjaGtleTo6VjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChZsYXRjaGtleS92MS9hdXRoLnByb3RvEgtsYXRjaGtleS52MSIsCgpDbGllbnRJbmZvEgoKAmlwGAEgASgJEhIKCnVzZXJfYWdlbnQYAiABKAkisAEKEFN0YXJ0QXV0aFJlcXVlc3QSDQoFZW1haWwYASABKAkSIwoGbWV0aG9kGAIgASgOMhMubGF0Y2hrZXkudjEuTWV0aG9kEhYKDnZhbGlkYXRpb25fdXJsGAMgASgJEicKBmNsaWVudBgEIAEoCzIXLmxhdGNoa2V5LnYxLkNsaWVudEluZm8SDgoGbG9jYWxlGAUgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCSJsChFTdGFydEF1dGhSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIkUKDVZlcmlmeVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIMCgRjb2RlGAIgASgJEhIKCmxpbmtfdG9rZW4YAyABKAkipQEKDlZlcmlmeVJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSEgoKZXhwaXJlc19pbhgDIAEoBRIVCg1yZWZyZXNoX3Rva2VuGAQgASgJEh8KBHVzZXIYBSABKAsyES5sYXRjaGtleS52MS5Vc2VyEhIKCnNlc3Npb25faWQYBiABKAkSEAoIbmV3X3VzZXIYByABKAgiyAEKBFVzZXISCgoCaWQYASABKAkSDQoFZW1haWwYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGlzYWJsZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGFwcF9tZXRhZGF0YRgGIAEoCSInCg5SZWZyZXNoUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJIl8KD1JlZnJlc2hSZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEhIKCmV4cGlyZXNfaW4YAyABKAUSFQoNcmVmcmVzaF90b2tlbhgEIAEoCSI6Cg1SZXZva2VSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIQCg5SZXZva2VSZXNwb25zZSIjCg5HZXRKd2tzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiMQoPR2V0Sndrc1Jlc3BvbnNlEh4KBGtleXMYASADKAsyEC5sYXRjaGtleS52MS5Kd2sicgoDSndrEgsKA2t0eRgBIAEoCRILCgNjcnYYAiABKAkSCQoBeBgDIAEoCRIJCgF5GAQgASgJEgkKAW4YBSABKAkSCQoBZRgGIAEoCRILCgNraWQYByABKAkSCwoDYWxnGAggASgJEgsKA3VzZRgJIAEoCSInChFSZXNlbmRDb2RlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIm0KElJlc2VuZENvZGVSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2NvZGVfbGVuZ3RoGAMgASgNIiYKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSI+ChRMaXN0U2Vzc2lvbnNSZXNwb25zZRImCghzZXNzaW9ucxgBIAMoCzIULmxhdGNoa2V5LnYxLlNlc3Npb24i8gIKB1Nlc3Npb24SCgoCaWQYASABKAkSKAoFc3RhdGUYAiABKA4yGS5sYXRjaGtleS52MS5TZXNzaW9uU3RhdGUSEgoKZW5kX3JlYXNvbhgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt2ZXJpZmllZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbGFzdF9yZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgZjbGllbnQYCSABKAsyFy5sYXRjaGtleS52MS5DbGllbnRJbmZvIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIkYKGFJldm9rZUFsbFNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhkKEWV4Y2VwdF9zZXNzaW9uX2lkGAIgASgJIiwKGVJldm9rZUFsbFNlc3Npb25zUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoDSInChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJImoKF0ludHJvc3BlY3RUb2tlblJlc3BvbnNlEg4KBmFjdGl2ZRgBIAEoCBIoCgZjbGFpbXMYAiABKAsyGC5sYXRjaGtleS52MS5Ub2tlbkNsYWltcxIVCg1zZXNzaW9uX2VuZGVkGAMgASgIIvsBCgtUb2tlbkNsYWltcxILCgNpc3MYASABKAkSCwoDYXVkGAIgASgJEgsKA3N1YhgDIAEoCRINCgVlbWFpbBgEIAEoCRILCgNzaWQYBSABKAkSCwoDdGlkGAYgASgJEicKA2lhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDbmJmGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNleHAYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA2p0aRgKIAEoCRIUCgxhcHBfbWV0YWRhdGEYCyABKAkiswEKF1N0YXJ0RW1haWxDaGFuZ2VSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJbmV3X2VtYWlsGAIgASgJEiMKBm1ldGhvZBgDIAEoDjITLmxhdGNoa2V5LnYxLk1ldGhvZBIWCg52YWxpZGF0aW9uX3VybBgEIAEoCRInCgZjbGllbnQYBSABKAsyFy5sYXRjaGtleS52MS5DbGllbnRJbmZvEg4KBmxvY2FsZRgGIAEoCSJzChhTdGFydEVtYWlsQ2hhbmdlUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtjb2RlX2xlbmd0aBgDIAEoDSI7ChlBdXRoU2VydmljZUdldFVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDQoFZW1haWwYAiABKAkiPQoaQXV0aFNlcnZpY2VHZXRVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLmxhdGNoa2V5LnYxLlVzZXIiRQocQXV0aFNlcnZpY2VVcGRhdGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhQKDGFwcF9tZXRhZGF0YRgCIAEoCSJACh1BdXRoU2VydmljZVVwZGF0ZVVzZXJSZXNwb25zZRIfCgR1c2VyGAEgASgLMhEubGF0Y2hrZXkudjEuVXNlciI3Ch9TdGFydFBhc3NrZXlSZWdpc3RyYXRpb25SZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSJ9CiBTdGFydFBhc3NrZXlSZWdpc3RyYXRpb25SZXNwb25zZRITCgtjZXJlbW9ueV9pZBgBIAEoCRIUCgxvcHRpb25zX2pzb24YAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAidAogRmluaXNoUGFzc2tleVJlZ2lzdHJhdGlvblJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEhMKC2NlcmVtb255X2lkGAIgASgJEhcKD2NyZWRlbnRpYWxfanNvbhgDIAEoCRIMCgRuYW1lGAQgASgJIkoKIUZpbmlzaFBhc3NrZXlSZWdpc3RyYXRpb25SZXNwb25zZRIlCgdwYXNza2V5GAEgASgLMhQubGF0Y2hrZXkudjEuUGFzc2tleSKCAgoHUGFzc2tleRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWNyZWRlbnRpYWxfaWQYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9iYWNrdXBfZWxpZ2libGUYBiABKAgSEQoJYmFja2VkX3VwGAcgASgIEjgKFGNvdW50ZXJfcmVncmVzc2VkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIpChhTdGFydFBhc3NrZXlMb2dpblJlcXVlc3QSDQoFZW1haWwYASABKAkidgoZU3RhcnRQYXNza2V5TG9naW5SZXNwb25zZRITCgtjZXJlbW9ueV9pZBgBIAEoCRIUCgxvcHRpb25zX2pzb24YAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicgoZRmluaXNoUGFzc2tleUxvZ2luUmVxdWVzdBITCgtjZXJlbW9ueV9pZBgBIAEoCRIXCg9jcmVkZW50aWFsX2pzb24YAiABKAkSJwoGY2xpZW50GAMgASgLMhcubGF0Y2hrZXkudjEuQ2xpZW50SW5mbyKxAQoaRmluaXNoUGFzc2tleUxvZ2luUmVzcG9uc2USDQoFdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRISCgpleHBpcmVzX2luGAMgASgFEhUKDXJlZnJlc2hfdG9rZW4YBCABKAkSHwoEdXNlchgFIAEoCzIRLmxhdGNoa2V5LnYxLlVzZXISEgoKc2Vzc2lvbl9pZBgGIAEoCRIQCghuZXdfdXNlchgHIAEoCCIrChNMaXN0UGFzc2tleXNSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSI+ChRMaXN0UGFzc2tleXNSZXNwb25zZRImCghwYXNza2V5cxgBIAMoCzIULmxhdGNoa2V5LnYxLlBhc3NrZXkiQAoURGVsZXRlUGFzc2tleVJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnBhc3NrZXlfaWQYAiABKAkiFwoVRGVsZXRlUGFzc2tleVJlc3BvbnNlKlwKBk1ldGhvZBIWChJNRVRIT0RfVU5TUEVDSUZJRUQQABIPCgtNRVRIT0RfQ09ERRABEg8KC01FVEhPRF9MSU5LEAISGAoUTUVUSE9EX0NPREVfQU5EX0xJTksQAyp7CgxTZXNzaW9uU3RhdGUSHQoZU0VTU0lPTl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFFNFU1NJT05fU1RBVEVfQUNUSVZFEAESFwoTU0VTU0lPTl9TVEFURV9FTkRFRBACEhkKFVNFU1NJT05fU1RBVEVfRVhQSVJFRBADKp8GCgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIhCh1FUlJPUl9SRUFTT05fSU5WQUxJRF9BUkdVTUVOVBABEh0KGUVSUk9SX1JFQVNPTl9DT0RFX0lOVkFMSUQQAhIiCh5FUlJPUl9SRUFTT05fVE9PX01BTllfQVRURU1QVFMQAxImCiJFUlJPUl9SRUFTT05fUkVGUkVTSF9UT0tFTl9JTlZBTElEEAQSJQohRVJST1JfUkVBU09OX1JFRlJFU0hfVE9LRU5fUkVVU0VEEAUSKwonRVJST1JfUkVBU09OX1ZBTElEQVRJT05fVVJMX05PVF9BTExPV0VEEAYSHQoZRVJST1JfUkVBU09OX1JBVEVfTElNSVRFRBAHEicKI0VSUk9SX1JFQVNPTl9JREVNUE9URU5DWV9LRVlfUkVVU0VEEAgSIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAJEiIKHkVSUk9SX1JFQVNPTl9QRVJNSVNTSU9OX0RFTklFRBAKEhoKFkVSUk9SX1JFQVNPTl9OT1RfRk9VTkQQCxIfChtFUlJPUl9SRUFTT05fQUxSRUFEWV9FWElTVFMQDBIcChhFUlJPUl9SRUFTT05fVU5BVkFJTEFCTEUQDRIZChVFUlJPUl9SRUFTT05fSU5URVJOQUwQDhIlCiFFUlJPUl9SRUFTT05fQUNDRVNTX1RPS0VOX0lOVkFMSUQQDxIoCiRFUlJPUl9SRUFTT05fUEFTU0tFWVNfTk9UX0NPTkZJR1VSRUQQEBIpCiVFUlJPUl9SRUFTT05fUEFTU0tFWV9DRVJFTU9OWV9JTlZBTElEEBESIAocRVJST1JfUkVBU09OX1BBU1NLRVlfSU5WQUxJRBASEioKJkVSUk9SX1JFQVNPTl9QQVNTS0VZX0NPVU5URVJfUkVHUkVTU0VEEBMSIgoeRVJST1JfUkVBU09OX1BBU1NLRVlfTk9UX0ZPVU5EEBQSHgoaRVJST1JfUkVBU09OX1VTRVJfRElTQUJMRUQQFTK4DQoLQXV0aFNlcnZpY2USSgoJU3RhcnRBdXRoEh0ubGF0Y2hrZXkudjEuU3RhcnRBdXRoUmVxdWVzdBoeLmxhdGNoa2V5LnYxLlN0YXJ0QXV0aFJlc3BvbnNlEkEKBlZlcmlmeRIaLmxhdGNoa2V5LnYxLlZlcmlmeVJlcXVlc3QaGy5sYXRjaGtleS52MS5WZXJpZnlSZXNwb25zZRJECgdSZWZyZXNoEhsubGF0Y2hrZXkudjEuUmVmcmVzaFJlcXVlc3QaHC5sYXRjaGtleS52MS5SZWZyZXNoUmVzcG9uc2USQQoGUmV2b2tlEhoubGF0Y2hrZXkudjEuUmV2b2tlUmVxdWVzdBobLmxhdGNoa2V5LnYxLlJldm9rZVJlc3BvbnNlEk0KClJlc2VuZENvZGUSHi5sYXRjaGtleS52MS5SZXNlbmRDb2RlUmVxdWVzdBofLmxhdGNoa2V5LnYxLlJlc2VuZENvZGVSZXNwb25zZRJTCgxMaXN0U2Vzc2lvbnMSIC5sYXRjaGtleS52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiEubGF0Y2hrZXkudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USVgoNUmV2b2tlU2Vzc2lvbhIhLmxhdGNoa2V5LnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GiIubGF0Y2hrZXkudjEuUmV2b2tlU2Vzc2lvblJlc3BvbnNlEmIKEVJldm9rZUFsbFNlc3Npb25zEiUubGF0Y2hrZXkudjEuUmV2b2tlQWxsU2Vzc2lvbnNSZXF1ZXN0GiYubGF0Y2hrZXkudjEuUmV2b2tlQWxsU2Vzc2lvbnNSZXNwb25zZRJcCg9JbnRyb3NwZWN0VG9rZW4SIy5sYXRjaGtleS52MS5JbnRyb3NwZWN0VG9rZW5SZXF1ZXN0GiQubGF0Y2hrZXkudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2USWgoHR2V0VXNlchImLmxhdGNoa2V5LnYxLkF1dGhTZXJ2aWNlR2V0VXNlclJlcXVlc3QaJy5sYXRjaGtleS52MS5BdXRoU2VydmljZUdldFVzZXJSZXNwb25zZRJjCgpVcGRhdGVVc2VyEikubGF0Y2hrZXkudjEuQXV0aFNlcnZpY2VVcGRhdGVVc2VyUmVxdWVzdBoqLmxhdGNoa2V5LnYxLkF1dGhTZXJ2aWNlVXBkYXRlVXNlclJlc3BvbnNlEl8KEFN0YXJ0RW1haWxDaGFuZ2USJC5sYXRjaGtleS52MS5TdGFydEVtYWlsQ2hhbmdlUmVxdWVzdBolLmxhdGNoa2V5LnYxLlN0YXJ0RW1haWxDaGFuZ2VSZXNwb25zZRJECgdHZXRKd2tzEhsubGF0Y2hrZXkudjEuR2V0Sndrc1JlcXVlc3QaHC5sYXRjaGtleS52MS5HZXRKd2tzUmVzcG9uc2USdwoYU3RhcnRQYXNza2V5UmVnaXN0cmF0aW9uEiwubGF0Y2hrZXkudjEuU3RhcnRQYXNza2V5UmVnaXN0cmF0aW9uUmVxdWVzdBotLmxhdGNoa2V5LnYxLlN0YXJ0UGFzc2tleVJlZ2lzdHJhdGlvblJlc3BvbnNlEnoKGUZpbmlzaFBhc3NrZXlSZWdpc3RyYXRpb24SLS5sYXRjaGtleS52MS5GaW5pc2hQYXNza2V5UmVnaXN0cmF0aW9uUmVxdWVzdBouLmxhdGNoa2V5LnYxLkZpbmlzaFBhc3NrZXlSZWdpc3RyYXRpb25SZXNwb25zZRJiChFTdGFydFBhc3NrZXlMb2dpbhIlLmxhdGNoa2V5LnYxLlN0YXJ0UGFzc2tleUxvZ2luUmVxdWVzdBomLmxhdGNoa2V5LnYxLlN0YXJ0UGFzc2tleUxvZ2luUmVzcG9uc2USZQoSRmluaXNoUGFzc2tleUxvZ2luEiYubGF0Y2hrZXkudjEuRmluaXNoUGFzc2tleUxvZ2luUmVxdWVzdBonLmxhdGNoa2V5LnYxLkZpbmlzaFBhc3NrZXlMb2dpblJlc3BvbnNlElMKDExpc3RQYXNza2V5cxIgLmxhdGNoa2V5LnYxLkxpc3RQYXNza2V5c1JlcXVlc3QaIS5sYXRjaGtleS52MS5MaXN0UGFzc2tleXNSZXNwb25zZRJWCg1EZWxldGVQYXNza2V5EiEubGF0Y2hrZXkudjEuRGVsZXRlUGFzc2tleVJlcXVlc3QaIi5sYXRjaGtleS52MS5EZWxldGVQYXNza2V5UmVzcG9uc2VCjgEKD2Rldi5sYXRjaGtleS52MUIJQXV0aFByb3RvUAFaPWdpdGh1Yi5jb20vbGF0Y2hrZXkvbGF0Y2hrZXkvY2xpZW50cy9nby9sYXRjaGtleXYxO2xhdGNoa2V5djGiAgNMVEuqAgtMYXRjaGtleS5WMcoCC0xhdGNoa2V5XFYx6gIMTGF0Y2hrZXk6OlYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Facts about the end user's client, as seen by the calling backend. Stored
@@ -301,6 +301,28 @@ export type User = Message<"latchkey.v1.User"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 3;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * When the user last changed: metadata set, disabled or enabled.
+   *
+   * @generated from field: google.protobuf.Timestamp updated_at = 4;
+   */
+  updatedAt?: Timestamp | undefined;
+
+  /**
+   * When the user was disabled; absent while they may log in.
+   *
+   * @generated from field: google.protobuf.Timestamp disabled_at = 5;
+   */
+  disabledAt?: Timestamp | undefined;
+
+  /**
+   * The app's data about the user: a JSON object (as text), `{}` when none
+   * was set. Access tokens carry it in their `app_metadata` claim.
+   *
+   * @generated from field: string app_metadata = 6;
+   */
+  appMetadata: string;
 };
 
 /**
@@ -937,6 +959,15 @@ export type TokenClaims = Message<"latchkey.v1.TokenClaims"> & {
    * @generated from field: string jti = 10;
    */
   jti: string;
+
+  /**
+   * The `app_metadata` claim: the tenant's static claims and the user's
+   * app_metadata merged (the user's keys win), as JSON text; empty when the
+   * token has no such claim.
+   *
+   * @generated from field: string app_metadata = 11;
+   */
+  appMetadata: string;
 };
 
 /**
@@ -945,6 +976,198 @@ export type TokenClaims = Message<"latchkey.v1.TokenClaims"> & {
  */
 export const TokenClaimsSchema: GenMessage<TokenClaims> = /*@__PURE__*/
   messageDesc(file_latchkey_v1_auth, 24);
+
+/**
+ * A change of a user's address.
+ *
+ * @generated from message latchkey.v1.StartEmailChangeRequest
+ */
+export type StartEmailChangeRequest = Message<"latchkey.v1.StartEmailChangeRequest"> & {
+  /**
+   * The user whose address changes. Required.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The new address. Required; put in canonical form like StartAuth's.
+   *
+   * @generated from field: string new_email = 2;
+   */
+  newEmail: string;
+
+  /**
+   * How the new address is proven, as in StartAuth.
+   *
+   * @generated from field: latchkey.v1.Method method = 3;
+   */
+  method: Method;
+
+  /**
+   * Where a magic link points, as in StartAuth.
+   *
+   * @generated from field: string validation_url = 4;
+   */
+  validationUrl: string;
+
+  /**
+   * The end user's client, as in StartAuth.
+   *
+   * @generated from field: latchkey.v1.ClientInfo client = 5;
+   */
+  client?: ClientInfo | undefined;
+
+  /**
+   * The email's language, as in StartAuth.
+   *
+   * @generated from field: string locale = 6;
+   */
+  locale: string;
+};
+
+/**
+ * Describes the message latchkey.v1.StartEmailChangeRequest.
+ * Use `create(StartEmailChangeRequestSchema)` to create a new message.
+ */
+export const StartEmailChangeRequestSchema: GenMessage<StartEmailChangeRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 25);
+
+/**
+ * The login that proves the new address: pass its session id and the code
+ * (or the link's token) to Verify.
+ *
+ * @generated from message latchkey.v1.StartEmailChangeResponse
+ */
+export type StartEmailChangeResponse = Message<"latchkey.v1.StartEmailChangeResponse"> & {
+  /**
+   * The login session that proves the new address.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * When the code or link expires if its email goes out at once.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 2;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * Digits in the code.
+   *
+   * @generated from field: uint32 code_length = 3;
+   */
+  codeLength: number;
+};
+
+/**
+ * Describes the message latchkey.v1.StartEmailChangeResponse.
+ * Use `create(StartEmailChangeResponseSchema)` to create a new message.
+ */
+export const StartEmailChangeResponseSchema: GenMessage<StartEmailChangeResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 26);
+
+/**
+ * Names a user of the caller's tenant.
+ *
+ * @generated from message latchkey.v1.AuthServiceGetUserRequest
+ */
+export type AuthServiceGetUserRequest = Message<"latchkey.v1.AuthServiceGetUserRequest"> & {
+  /**
+   * The user id; or leave empty and give `email`.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The user's address (put in canonical form like StartAuth's) when
+   * `user_id` is empty.
+   *
+   * @generated from field: string email = 2;
+   */
+  email: string;
+};
+
+/**
+ * Describes the message latchkey.v1.AuthServiceGetUserRequest.
+ * Use `create(AuthServiceGetUserRequestSchema)` to create a new message.
+ */
+export const AuthServiceGetUserRequestSchema: GenMessage<AuthServiceGetUserRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 27);
+
+/**
+ * The user.
+ *
+ * @generated from message latchkey.v1.AuthServiceGetUserResponse
+ */
+export type AuthServiceGetUserResponse = Message<"latchkey.v1.AuthServiceGetUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: latchkey.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.AuthServiceGetUserResponse.
+ * Use `create(AuthServiceGetUserResponseSchema)` to create a new message.
+ */
+export const AuthServiceGetUserResponseSchema: GenMessage<AuthServiceGetUserResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 28);
+
+/**
+ * A new `app_metadata` for a user of the caller's tenant.
+ *
+ * @generated from message latchkey.v1.AuthServiceUpdateUserRequest
+ */
+export type AuthServiceUpdateUserRequest = Message<"latchkey.v1.AuthServiceUpdateUserRequest"> & {
+  /**
+   * The user id. Required.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * A JSON object (as text), at most 2 KB once serialised compactly; it
+   * replaces the whole previous value. `{}` clears it. Required.
+   *
+   * @generated from field: string app_metadata = 2;
+   */
+  appMetadata: string;
+};
+
+/**
+ * Describes the message latchkey.v1.AuthServiceUpdateUserRequest.
+ * Use `create(AuthServiceUpdateUserRequestSchema)` to create a new message.
+ */
+export const AuthServiceUpdateUserRequestSchema: GenMessage<AuthServiceUpdateUserRequest> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 29);
+
+/**
+ * The user after the change.
+ *
+ * @generated from message latchkey.v1.AuthServiceUpdateUserResponse
+ */
+export type AuthServiceUpdateUserResponse = Message<"latchkey.v1.AuthServiceUpdateUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: latchkey.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message latchkey.v1.AuthServiceUpdateUserResponse.
+ * Use `create(AuthServiceUpdateUserResponseSchema)` to create a new message.
+ */
+export const AuthServiceUpdateUserResponseSchema: GenMessage<AuthServiceUpdateUserResponse> = /*@__PURE__*/
+  messageDesc(file_latchkey_v1_auth, 30);
 
 /**
  * The signed-in user who adds a passkey.
@@ -966,7 +1189,7 @@ export type StartPasskeyRegistrationRequest = Message<"latchkey.v1.StartPasskeyR
  * Use `create(StartPasskeyRegistrationRequestSchema)` to create a new message.
  */
 export const StartPasskeyRegistrationRequestSchema: GenMessage<StartPasskeyRegistrationRequest> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 25);
+  messageDesc(file_latchkey_v1_auth, 31);
 
 /**
  * What the browser needs to create the passkey.
@@ -1003,7 +1226,7 @@ export type StartPasskeyRegistrationResponse = Message<"latchkey.v1.StartPasskey
  * Use `create(StartPasskeyRegistrationResponseSchema)` to create a new message.
  */
 export const StartPasskeyRegistrationResponseSchema: GenMessage<StartPasskeyRegistrationResponse> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 26);
+  messageDesc(file_latchkey_v1_auth, 32);
 
 /**
  * The credential the browser created.
@@ -1046,7 +1269,7 @@ export type FinishPasskeyRegistrationRequest = Message<"latchkey.v1.FinishPasske
  * Use `create(FinishPasskeyRegistrationRequestSchema)` to create a new message.
  */
 export const FinishPasskeyRegistrationRequestSchema: GenMessage<FinishPasskeyRegistrationRequest> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 27);
+  messageDesc(file_latchkey_v1_auth, 33);
 
 /**
  * The new passkey.
@@ -1067,7 +1290,7 @@ export type FinishPasskeyRegistrationResponse = Message<"latchkey.v1.FinishPassk
  * Use `create(FinishPasskeyRegistrationResponseSchema)` to create a new message.
  */
 export const FinishPasskeyRegistrationResponseSchema: GenMessage<FinishPasskeyRegistrationResponse> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 28);
+  messageDesc(file_latchkey_v1_auth, 34);
 
 /**
  * A user's passkey.
@@ -1138,7 +1361,7 @@ export type Passkey = Message<"latchkey.v1.Passkey"> & {
  * Use `create(PasskeySchema)` to create a new message.
  */
 export const PasskeySchema: GenMessage<Passkey> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 29);
+  messageDesc(file_latchkey_v1_auth, 35);
 
 /**
  * Starts a passkey login.
@@ -1160,7 +1383,7 @@ export type StartPasskeyLoginRequest = Message<"latchkey.v1.StartPasskeyLoginReq
  * Use `create(StartPasskeyLoginRequestSchema)` to create a new message.
  */
 export const StartPasskeyLoginRequestSchema: GenMessage<StartPasskeyLoginRequest> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 30);
+  messageDesc(file_latchkey_v1_auth, 36);
 
 /**
  * What the browser needs to sign in with a passkey.
@@ -1197,7 +1420,7 @@ export type StartPasskeyLoginResponse = Message<"latchkey.v1.StartPasskeyLoginRe
  * Use `create(StartPasskeyLoginResponseSchema)` to create a new message.
  */
 export const StartPasskeyLoginResponseSchema: GenMessage<StartPasskeyLoginResponse> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 31);
+  messageDesc(file_latchkey_v1_auth, 37);
 
 /**
  * The browser's answer to a passkey login.
@@ -1232,7 +1455,7 @@ export type FinishPasskeyLoginRequest = Message<"latchkey.v1.FinishPasskeyLoginR
  * Use `create(FinishPasskeyLoginRequestSchema)` to create a new message.
  */
 export const FinishPasskeyLoginRequestSchema: GenMessage<FinishPasskeyLoginRequest> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 32);
+  messageDesc(file_latchkey_v1_auth, 38);
 
 /**
  * The tokens of the new session, and the user (the fields of
@@ -1296,7 +1519,7 @@ export type FinishPasskeyLoginResponse = Message<"latchkey.v1.FinishPasskeyLogin
  * Use `create(FinishPasskeyLoginResponseSchema)` to create a new message.
  */
 export const FinishPasskeyLoginResponseSchema: GenMessage<FinishPasskeyLoginResponse> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 33);
+  messageDesc(file_latchkey_v1_auth, 39);
 
 /**
  * Whose passkeys to list.
@@ -1317,7 +1540,7 @@ export type ListPasskeysRequest = Message<"latchkey.v1.ListPasskeysRequest"> & {
  * Use `create(ListPasskeysRequestSchema)` to create a new message.
  */
 export const ListPasskeysRequestSchema: GenMessage<ListPasskeysRequest> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 34);
+  messageDesc(file_latchkey_v1_auth, 40);
 
 /**
  * A user's passkeys.
@@ -1338,7 +1561,7 @@ export type ListPasskeysResponse = Message<"latchkey.v1.ListPasskeysResponse"> &
  * Use `create(ListPasskeysResponseSchema)` to create a new message.
  */
 export const ListPasskeysResponseSchema: GenMessage<ListPasskeysResponse> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 35);
+  messageDesc(file_latchkey_v1_auth, 41);
 
 /**
  * The passkey to delete.
@@ -1366,7 +1589,7 @@ export type DeletePasskeyRequest = Message<"latchkey.v1.DeletePasskeyRequest"> &
  * Use `create(DeletePasskeyRequestSchema)` to create a new message.
  */
 export const DeletePasskeyRequestSchema: GenMessage<DeletePasskeyRequest> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 36);
+  messageDesc(file_latchkey_v1_auth, 42);
 
 /**
  * The passkey is deleted.
@@ -1381,7 +1604,7 @@ export type DeletePasskeyResponse = Message<"latchkey.v1.DeletePasskeyResponse">
  * Use `create(DeletePasskeyResponseSchema)` to create a new message.
  */
 export const DeletePasskeyResponseSchema: GenMessage<DeletePasskeyResponse> = /*@__PURE__*/
-  messageDesc(file_latchkey_v1_auth, 37);
+  messageDesc(file_latchkey_v1_auth, 43);
 
 /**
  * How the user proves they own the address.
@@ -1639,6 +1862,15 @@ export enum ErrorReason {
    * @generated from enum value: ERROR_REASON_PASSKEY_NOT_FOUND = 20;
    */
   PASSKEY_NOT_FOUND = 20,
+
+  /**
+   * The user is disabled: Verify and Refresh refuse (gRPC
+   * PERMISSION_DENIED, HTTP 403). StartAuth never says so: it answers as
+   * for any address and sends nothing.
+   *
+   * @generated from enum value: ERROR_REASON_USER_DISABLED = 21;
+   */
+  USER_DISABLED = 21,
 }
 
 /**
@@ -1678,7 +1910,8 @@ export const AuthService: GenService<{
    * token. On success the login session becomes active and the user is
    * created if this is their first login. Wrong, expired, already used and
    * unknown codes and links all answer CODE_INVALID; after too many wrong
-   * codes the session is dead and answers TOO_MANY_ATTEMPTS.
+   * codes the session is dead and answers TOO_MANY_ATTEMPTS. A disabled
+   * user's proof answers USER_DISABLED.
    *
    * @generated from rpc latchkey.v1.AuthService.Verify
    */
@@ -1693,7 +1926,8 @@ export const AuthService: GenService<{
    * again within a short grace window (a client retrying a request whose
    * answer it lost) returns the same successor again; after the window it is
    * treated as theft: the whole session ends and the call answers
-   * REFRESH_TOKEN_REUSED.
+   * REFRESH_TOKEN_REUSED. A disabled user's refresh token answers
+   * USER_DISABLED.
    *
    * @generated from rpc latchkey.v1.AuthService.Refresh
    */
@@ -1770,6 +2004,47 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof IntrospectTokenRequestSchema;
     output: typeof IntrospectTokenResponseSchema;
+  },
+  /**
+   * A user of the caller's tenant, by id or by address. A user of another
+   * tenant answers NOT_FOUND, as a missing one does.
+   *
+   * @generated from rpc latchkey.v1.AuthService.GetUser
+   */
+  getUser: {
+    methodKind: "unary";
+    input: typeof AuthServiceGetUserRequestSchema;
+    output: typeof AuthServiceGetUserResponseSchema;
+  },
+  /**
+   * Replaces a user's `app_metadata`: a JSON object of at most 2 KB that
+   * every access token issued from then on carries in its `app_metadata`
+   * claim (with the tenant's static claims). Only users of the caller's
+   * tenant; another tenant's user answers NOT_FOUND.
+   *
+   * @generated from rpc latchkey.v1.AuthService.UpdateUser
+   */
+  updateUser: {
+    methodKind: "unary";
+    input: typeof AuthServiceUpdateUserRequestSchema;
+    output: typeof AuthServiceUpdateUserResponseSchema;
+  },
+  /**
+   * Starts a change of a user's address: emails a code and/or magic link to
+   * the new address, exactly as StartAuth does (same limits, same canonical
+   * form). Verify with that proof moves the user to the new address (same
+   * user id), logs them in there (its tokens, and those of every refresh
+   * after, carry the new address) and emails a notice to the old address.
+   * An address another user has answers ALREADY_EXISTS (here, and at
+   * Verify if someone took it meanwhile); a disabled user USER_DISABLED;
+   * another tenant's or an unknown user NOT_FOUND.
+   *
+   * @generated from rpc latchkey.v1.AuthService.StartEmailChange
+   */
+  startEmailChange: {
+    methodKind: "unary";
+    input: typeof StartEmailChangeRequestSchema;
+    output: typeof StartEmailChangeResponseSchema;
   },
   /**
    * Returns the public keys that verify one tenant's access tokens (RFC 7517
